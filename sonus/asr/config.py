@@ -1,0 +1,79 @@
+"""Model dimensions of the two-pass recognizer, stored in every checkpoint.
+
+Loading rebuilds the model from this config (whisper's ModelDimensions), so a
+checkpoint is self-describing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    hidden: int = 512
+    layers: int = 3
+    reduction: int = 4  # time reduction factor
+    reduction_type: Literal["stack", "pool"] = "stack"
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    kind: Literal["lstm", "gru"] = "lstm"
+    hidden: int = 512
+    layers: int = 1
+    embed: int = 256
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class JoinerConfig:
+    hidden: int = 512
+
+
+@dataclass(frozen=True)
+class LASConfig:
+    enabled: bool = True
+    enc2_hidden: int = 512  # per direction of the BiLSTM
+    dec_hidden: int = 512
+    embedding_dim: int = 256
+    attention: Literal["location", "dot"] = "location"
+    attention_dim: int = 256
+    location_channels: int = 10
+    location_kernel: int = 31
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class ASRModelConfig:
+    vocab_size: int  # includes blank, unk and eos
+    n_mels: int = 80
+    sample_rate: int = 16000
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    joiner: JoinerConfig = field(default_factory=JoinerConfig)
+    las: LASConfig = field(default_factory=LASConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ASRModelConfig":
+        sub = {"encoder": EncoderConfig, "predictor": PredictorConfig, "joiner": JoinerConfig, "las": LASConfig}
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}; known: {sorted(known)}")
+        kw: dict[str, Any] = {}
+        for k, v in d.items():
+            if k in sub:
+                sub_known = {f.name for f in fields(sub[k])}
+                bad = set(v) - sub_known
+                if bad:
+                    raise ValueError(f"unknown keys in model.{k}: {sorted(bad)}; known: {sorted(sub_known)}")
+                kw[k] = sub[k](**v)
+            else:
+                kw[k] = v
+        return cls(**kw)

@@ -1,0 +1,55 @@
+"""Decoding options and results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Strategy = Literal["greedy", "modified_beam"]
+SecondPass = Literal["none", "rescore", "las_beam"]
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """How to decode. ``las_weight`` is w in score = (1 - w) * rnnt + w * las."""
+
+    strategy: Strategy = "modified_beam"
+    beam_size: int = 4
+    max_symbols_per_frame: int = 3  # greedy only
+    second_pass: SecondPass = "rescore"
+    las_weight: float = 0.5
+    las_beam_size: int = 4
+    las_max_len_ratio: float = 1.5  # LAS beam: max tokens per encoder frame
+    length_bonus: float = 0.0  # added per token to the rescored score
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("greedy", "modified_beam"):
+            raise ValueError(f"decoding.strategy must be 'greedy' or 'modified_beam', got {self.strategy!r}")
+        if self.second_pass not in ("none", "rescore", "las_beam"):
+            raise ValueError(f"decoding.second_pass must be 'none', 'rescore' or 'las_beam', got {self.second_pass!r}")
+        if not 0.0 <= self.las_weight <= 1.0:
+            raise ValueError(f"decoding.las_weight must be in [0, 1], got {self.las_weight}")
+        if self.beam_size < 1 or self.las_beam_size < 1:
+            raise ValueError(f"beam sizes must be >= 1: {self.beam_size}, {self.las_beam_size}")
+
+
+@dataclass
+class Hypothesis:
+    """One decoding result. ``score`` is the ranking score; the parts are kept for tuning."""
+
+    tokens: list[int]
+    score: float
+    rnnt_score: float
+    las_score: float | None = None
+    text: str = ""
+
+
+@dataclass
+class DecodeResult:
+    """N-best list of one utterance, best first."""
+
+    nbest: list[Hypothesis] = field(default_factory=list)
+
+    @property
+    def best(self) -> Hypothesis:
+        return self.nbest[0]

@@ -1,0 +1,163 @@
+"""Decode a manifest with a trained checkpoint: JSON lines per utterance and a WER/CER summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from sonus.asr.decoding import DecodeResult, Decoder, DecodingOptions, combine
+from sonus.asr.model import TwoPassASR, load_model
+from sonus.data.asr_dataset import ASRDataset, collate
+from sonus.data.manifest import read_manifest
+from sonus.data.sampler import DurationBucketSampler
+from sonus.metrics.wer import ErrorRates, error_rates
+from sonus.text.normalize import normalize_text
+from sonus.text.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DecodedSet:
+    ids: list[str]
+    refs: list[str]
+    first: list[DecodeResult]
+    final: list[DecodeResult]
+
+
+@dataclass(frozen=True)
+class DecodeSummary:
+    mode: str
+    utterances: int
+    first_pass: ErrorRates
+    final: ErrorRates
+    las_weight: float | None
+    output_path: str
+
+
+def checkpoint_normalize(path: str | Path) -> dict:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return dict(ckpt.get("sonus", {}).get("normalize", {"lowercase": True, "remove_punctuation": True}))
+
+
+@torch.no_grad()
+def decode_manifest(
+    model: TwoPassASR, tok: Tokenizer, manifest: str | Path, opts: DecodingOptions, normalize: dict,
+    max_duration: float = 200.0, batch_size: int = 32, skip_bad: bool = False, num_workers: int = 0,
+) -> DecodedSet:  # fmt: skip
+    """Decode every utterance of ``manifest`` (references are normalised like training text)."""
+    utts = read_manifest(manifest)
+    refs = [normalize_text(u.text, **normalize) for u in utts]
+    ds = ASRDataset(utts, [[] for _ in utts], refs, model.cfg.sample_rate, skip_bad)
+    sampler = DurationBucketSampler([u.duration for u in utts], max(max_duration, max(u.duration for u in utts)), batch_size, shuffle=False)
+    dl = DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)
+    decoder = Decoder(model, tok, opts)
+    device = next(model.parameters()).device
+    out = DecodedSet([], [], [], [])
+    try:
+        from rich.progress import track
+    except ImportError:  # pragma: no cover
+        track = lambda x, **_: x  # noqa: E731
+    for batch in track(dl, description=f"decoding {Path(manifest).name}", total=len(sampler)):
+        if batch is None:
+            continue
+        batch = batch.to(device)
+        first, final = decoder.decode(batch.wave, batch.wave_lengths)
+        out.ids += batch.ids
+        out.refs += batch.texts
+        out.first += first
+        out.final += final
+    return out
+
+
+def _best(rs: list[DecodeResult]) -> list[str]:
+    return [r.best.text if r.nbest else "" for r in rs]
+
+
+def tune_las_weight(ds: DecodedSet, grid: list[float], length_bonus: float = 0.0) -> tuple[float, dict[float, float]]:
+    """Pick w minimising WER of the rescored n-best on a dev set (n-best scored once)."""
+    table = {w: error_rates(ds.refs, _best(combine(ds.first, w, length_bonus))).wer for w in grid}
+    best = min(table, key=lambda w: (table[w], abs(w - 0.5)))
+    return best, table
+
+
+def write_results(path: str | Path, ds: DecodedSet) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for i, uid in enumerate(ds.ids):
+            r = ds.final[i]
+            rec = {
+                "id": uid,
+                "ref": ds.refs[i],
+                "hyp": r.best.text if r.nbest else "",
+                "hyp_rnnt": ds.first[i].best.text if ds.first[i].nbest else "",
+                "nbest": [
+                    {"text": h.text, "score": round(h.score, 4), "rnnt_score": round(h.rnnt_score, 4),
+                     "las_score": None if h.las_score is None else round(h.las_score, 4)}
+                    for h in r.nbest
+                ],
+            }  # fmt: skip
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def print_table(rows: list[tuple[str, ErrorRates]], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("system", "WER %", "CER %", "words", "chars"):
+        table.add_column(col, justify="right" if col != "system" else "left")
+    for name, r in rows:
+        table.add_row(name, f"{100 * r.wer:.2f}", f"{100 * r.cer:.2f}", str(r.words), str(r.chars))
+    Console().print(table)
+
+
+def run_decode(mode: str, cfg) -> DecodeSummary:
+    """`sonus decode rnnt|two_pass`: decode ``data.test_manifest``, write ``output_path`` and a summary."""
+    if mode not in ("rnnt", "two_pass"):
+        raise ValueError(f"decode mode must be 'rnnt' or 'two_pass', got {mode!r}")
+    from sonus.asr.train import decoding_options_from
+
+    torch.set_num_threads(int(cfg.get("num_threads") or torch.get_num_threads()))
+    model, tok = load_model(cfg.model.checkpoint, map_location=cfg.model.get("device", "cpu"))
+    norm = checkpoint_normalize(cfg.model.checkpoint)
+    opts = decoding_options_from(cfg.decoding, default_second_pass="rescore" if mode == "two_pass" else "none")
+    if mode == "rnnt":
+        opts = replace(opts, second_pass="none", beam_size=int(cfg.decoding.beam_size))
+    d = cfg.data
+    kw = dict(max_duration=float(d.max_duration), batch_size=int(d.batch_size), skip_bad=bool(d.skip_bad))
+    if mode == "two_pass" and cfg.decoding.get("tune") and opts.second_pass == "rescore":
+        if not d.get("dev_manifest"):
+            raise ValueError("decoding.tune=true needs data.dev_manifest (w is chosen on dev, never on test)")
+        dev = decode_manifest(model, tok, d.dev_manifest, opts, norm, **kw)
+        grid = [round(0.1 * i, 2) for i in range(11)]
+        w, table = tune_las_weight(dev, grid, opts.length_bonus)
+        log.info("tuned las_weight on %s: %s -> w=%.2f", d.dev_manifest, {k: round(100 * v, 2) for k, v in table.items()}, w)
+        opts = replace(opts, las_weight=w)
+    ds = decode_manifest(model, tok, d.test_manifest, opts, norm, **kw)
+    write_results(cfg.output_path, ds)
+    first, final = error_rates(ds.refs, _best(ds.first)), error_rates(ds.refs, _best(ds.final))
+    summary = DecodeSummary(mode, len(ds.ids), first, final, opts.las_weight if mode == "two_pass" else None, str(cfg.output_path))
+    rows = [(f"rnnt ({opts.strategy}, beam {opts.beam_size})", first)]
+    if mode == "two_pass":
+        rows.append((f"two-pass ({opts.second_pass}, w={opts.las_weight:.2f})", final))
+    print_table(rows, f"{d.test_manifest}: {len(ds.ids)} utterances")
+    summary_path = Path(str(cfg.output_path)).with_suffix(".summary.json")
+    summary_path.write_text(json.dumps(_summary_dict(summary), indent=2) + "\n")
+    return summary
+
+
+def _summary_dict(s: DecodeSummary) -> dict:
+    def er(r: ErrorRates) -> dict:
+        return {"wer": r.wer, "cer": r.cer, "words": r.words, "chars": r.chars}
+
+    return {"mode": s.mode, "utterances": s.utterances, "rnnt": er(s.first_pass), "final": er(s.final), "las_weight": s.las_weight, "output_path": s.output_path}

@@ -1,0 +1,130 @@
+"""Listen-Attend-Spell second pass over the shared encoder (Chan et al. 2016).
+
+A BiLSTM re-reads the shared encoder output (no longer streaming), and an
+attention decoder predicts the transcript. Used to rescore the RNN-T n-best
+(Sainath et al. 2019, "Two-Pass End-to-End Speech Recognition") or to decode alone.
+
+Shapes: B batch, T encoder frames, U labels, V vocabulary, D = 2 * enc2_hidden.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from sonus.asr.config import LASConfig
+from sonus.text.tokenizer import EOS
+
+
+class Attention(nn.Module):
+    """Location-aware (Chorowski et al. 2015) or dot-product attention."""
+
+    def __init__(self, query_dim: int, key_dim: int, cfg: LASConfig) -> None:
+        super().__init__()
+        self.kind = cfg.attention
+        if self.kind not in ("location", "dot"):
+            raise ValueError(f"las.attention must be 'location' or 'dot', got {self.kind!r}")
+        self.q = nn.Linear(query_dim, cfg.attention_dim)
+        self.k = nn.Linear(key_dim, cfg.attention_dim, bias=False)
+        if self.kind == "location":
+            self.loc_conv = nn.Conv1d(1, cfg.location_channels, cfg.location_kernel, padding=cfg.location_kernel // 2, bias=False)
+            self.loc_proj = nn.Linear(cfg.location_channels, cfg.attention_dim, bias=False)
+            self.v = nn.Linear(cfg.attention_dim, 1, bias=False)
+
+    def forward(
+        self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, prev: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """query (B, Hq), keys (B, T, A) pre-projected, values (B, T, D), mask (B, T), prev (B, T)
+        -> context (B, D), weights (B, T)."""
+        q = self.q(query)
+        if self.kind == "dot":
+            energy = (keys * q[:, None, :]).sum(-1) / keys.shape[-1] ** 0.5
+        else:
+            loc = self.loc_proj(self.loc_conv(prev[:, None, :]).transpose(1, 2))  # (B, T, A)
+            energy = self.v(torch.tanh(keys + q[:, None, :] + loc)).squeeze(-1)
+        energy = energy.float().masked_fill(~mask, float("-inf"))
+        w = torch.softmax(energy, dim=-1).to(values.dtype)
+        return torch.bmm(w[:, None, :], values).squeeze(1), w
+
+
+@dataclass
+class LASOutput:
+    logits: torch.Tensor  # (B, U+1, V): predictions of targets then <eos>
+    attention: torch.Tensor  # (B, U+1, T)
+
+
+class LAS(nn.Module):
+    def __init__(self, enc_dim: int, vocab_size: int, cfg: LASConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.listener = nn.LSTM(enc_dim, cfg.enc2_hidden, batch_first=True, bidirectional=True)
+        D = 2 * cfg.enc2_hidden
+        self.embed = nn.Embedding(vocab_size, cfg.embedding_dim)
+        self.cell = nn.LSTMCell(cfg.embedding_dim + D, cfg.dec_hidden)
+        self.attention = Attention(cfg.dec_hidden, D, cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(cfg.dec_hidden + D, vocab_size)
+        self.enc_dim, self.out_dim = D, vocab_size
+
+    def listen(self, enc: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Shared encoder output (B, T, H) -> values (B, T, D), pre-projected keys (B, T, A), mask (B, T)."""
+        packed = pack_padded_sequence(enc, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+        values, _ = self.listener(packed)
+        values, _ = pad_packed_sequence(values, batch_first=True, total_length=enc.shape[1])
+        values = self.dropout(values)
+        mask = torch.arange(enc.shape[1], device=enc.device)[None, :] < lengths[:, None]
+        return values, self.attention.k(values), mask
+
+    def initial_state(self, values: torch.Tensor, mask: torch.Tensor):
+        B, T, D = values.shape
+        z = values.new_zeros(B, self.cfg.dec_hidden)
+        prev = mask.to(values.dtype) / mask.sum(1, keepdim=True).clamp(min=1).to(values.dtype)
+        return (z, z.clone()), values.new_zeros(B, D), prev
+
+    def step(self, tokens, state, context, prev, values, keys, mask):
+        """One decoder step: tokens (B,) -> logits (B, V), new state, context, attention weights."""
+        h, c = self.cell(torch.cat([self.embed(tokens), context], dim=-1), state)
+        context, w = self.attention(h, keys, values, mask, prev)
+        logits = self.out(self.dropout(torch.cat([h, context], dim=-1)))
+        return logits, (h, c), context, w
+
+    def forward(self, enc: torch.Tensor, enc_lengths: torch.Tensor, targets: torch.Tensor) -> LASOutput:
+        """Teacher forcing. targets (B, U) padded with anything -> logits for targets[0..U-1], <eos>."""
+        values, keys, mask = self.listen(enc, enc_lengths)
+        state, context, prev = self.initial_state(values, mask)
+        inputs = torch.cat([targets.new_full((targets.shape[0], 1), EOS), targets], dim=1)  # <eos> starts
+        logits, weights = [], []
+        for u in range(inputs.shape[1]):
+            lg, state, context, prev = self.step(inputs[:, u], state, context, prev, values, keys, mask)
+            logits.append(lg)
+            weights.append(prev)
+        return LASOutput(torch.stack(logits, 1), torch.stack(weights, 1))
+
+
+def las_targets(targets: torch.Tensor, target_lengths: torch.Tensor, pad: int = -100) -> torch.Tensor:
+    """(B, U) labels -> (B, U+1) with <eos> after each sequence and ``pad`` beyond."""
+    B, U = targets.shape
+    out = torch.cat([targets, targets.new_full((B, 1), pad)], dim=1).long()
+    idx = torch.arange(U + 1, device=targets.device)[None, :]
+    out = torch.where(idx < target_lengths[:, None], out, torch.full_like(out, pad))
+    out[torch.arange(B, device=targets.device), target_lengths.long()] = EOS
+    return out
+
+
+def las_sequence_logprob(out: LASOutput, targets: torch.Tensor, target_lengths: torch.Tensor) -> torch.Tensor:
+    """Sum of log P(targets, <eos>) per sequence, (B,), in fp32."""
+    tgt = las_targets(targets, target_lengths)
+    lp = torch.log_softmax(out.logits.float(), dim=-1)
+    valid = tgt >= 0
+    tok_lp = lp.gather(2, tgt.clamp(min=0)[..., None]).squeeze(-1)
+    return (tok_lp * valid).sum(1)
+
+
+def las_loss(out: LASOutput, targets: torch.Tensor, target_lengths: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Token-level cross entropy (mean over tokens incl. <eos>), fp32."""
+    tgt = las_targets(targets, target_lengths)
+    return F.cross_entropy(out.logits.float().transpose(1, 2), tgt, ignore_index=-100, label_smoothing=label_smoothing)

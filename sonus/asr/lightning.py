@@ -1,0 +1,193 @@
+"""Lightning glue for the two-pass recognizer: the training step, validation, logging.
+
+The module receives already-built parts (model, tokenizer, options); everything it
+needs arrives as arguments built from the config (asteroid's System does the same).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+from sonus.asr.decoding import Decoder, DecodingOptions
+from sonus.asr.model import TwoPassASR
+from sonus.data.asr_dataset import ASRBatch
+from sonus.metrics.wer import error_rates
+from sonus.text.tokenizer import Tokenizer, tokenizer_to_tensor
+from sonus.train.loggers import log_image
+from sonus.train.plots import plot_attention, plot_curves
+from sonus.train.schedule import warmup_decay
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-3
+    warmup_steps: int = 500
+    decay: str = "noam"
+    total_steps: int | None = None
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    loss_weights: dict[str, float] = field(default_factory=lambda: {"rnnt": 1.0, "las": 1.0})
+    label_smoothing: float = 0.1
+    train_wer_every_n_steps: int = 50  # decode a few training utterances this often
+    train_wer_max_utts: int = 8
+    val_decode_max_utts: int = 400
+    plot_dir: str | None = None
+    normalize: dict = field(default_factory=lambda: {"lowercase": True, "remove_punctuation": True})
+
+
+class ASRLightning(pl.LightningModule):
+    def __init__(
+        self, model: TwoPassASR, tokenizer: Tokenizer, optim: OptimConfig, opts: TrainOptions, decoding: DecodingOptions
+    ) -> None:
+        super().__init__()
+        self.model, self.tokenizer, self.optim_cfg, self.opts = model, tokenizer, optim, opts
+        has_las = model.las is not None and opts.loss_weights.get("las", 0.0) > 0
+        self.has_las = has_las
+        self.decoding = decoding if has_las else DecodingOptions(
+            strategy=decoding.strategy, beam_size=decoding.beam_size, second_pass="none"
+        )
+        self.curves: dict[str, list[tuple[int, float]]] = {"train/loss_total": [], "val/loss_total": []}
+        self._val_refs: list[str] = []
+        self._val_first: list[str] = []
+        self._val_final: list[str] = []
+        self._val_losses: list[tuple[float, float, float, int]] = []
+        self._val_attention: tuple | None = None
+
+    # -- losses ---------------------------------------------------------------------------
+    def _losses(self, batch: ASRBatch):
+        enc = self.model.encode(batch.wave, batch.wave_lengths)
+        out = self.model.losses(enc, batch.targets, batch.target_lengths, self.opts.label_smoothing)
+        w = self.opts.loss_weights
+        parts = {"rnnt": out.rnnt}
+        if self.has_las and out.las is not None:
+            parts["las"] = out.las
+        total = sum(w.get(k, 0.0) * v for k, v in parts.items())  # the one place losses are summed
+        return total, parts, enc, out
+
+    def _decode_texts(self, batch: ASRBatch, enc) -> tuple[list[str], list[str]]:
+        first, final = Decoder(self.model, self.tokenizer, self.decoding).decode_encoded(enc)
+        return [r.best.text if r.nbest else "" for r in first], [r.best.text if r.nbest else "" for r in final]
+
+    def training_step(self, batch: ASRBatch | None, batch_idx: int):
+        if batch is None:  # every file in the batch was unreadable and skipped
+            return None
+        total, parts, _, _ = self._losses(batch)
+        bs = len(batch)
+        self.log("train/loss_total", total, prog_bar=True, batch_size=bs)
+        self.log("train/loss_rnnt", parts["rnnt"], batch_size=bs)
+        if "las" in parts:
+            self.log("train/loss_las", parts["las"], batch_size=bs)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
+        if self.global_step % 10 == 0:
+            self.curves["train/loss_total"].append((self.global_step, float(total.detach())))
+        if self.opts.train_wer_every_n_steps and self.global_step % self.opts.train_wer_every_n_steps == 0:
+            self._train_wer(batch)
+        return total
+
+    @torch.no_grad()
+    def _train_wer(self, batch: ASRBatch) -> None:
+        """WER on a few utterances of this batch, decoded in eval mode (no dropout/SpecAugment)."""
+        n = min(len(batch), self.opts.train_wer_max_utts)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            enc = self.model.encode(batch.wave[:n], batch.wave_lengths[:n])
+            first, final = self._decode_texts(batch, enc)
+        finally:
+            self.model.train(was_training)
+        refs = batch.texts[:n]
+        r1, r2 = error_rates(refs, first), error_rates(refs, final)
+        self.log("train/wer_rnnt", r1.wer, batch_size=n)
+        self.log("train/cer_rnnt", r1.cer, batch_size=n)
+        self.log("train/wer_2pass", r2.wer, batch_size=n)
+        self.log("train/cer_2pass", r2.cer, batch_size=n)
+
+    # -- validation -----------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val_refs, self._val_first, self._val_final, self._val_losses = [], [], [], []
+        self._val_attention = None
+
+    def validation_step(self, batch: ASRBatch | None, batch_idx: int) -> None:
+        if batch is None:
+            return
+        total, parts, enc, out = self._losses(batch)
+        las = float(parts["las"]) if "las" in parts else 0.0
+        self._val_losses.append((float(total), float(parts["rnnt"]), las, len(batch)))
+        if self._val_attention is None and out.las_output is not None:
+            U = int(batch.target_lengths[0]) + 1
+            T = int(enc.lengths[0])
+            toks = batch.targets[0, : U - 1].tolist()
+            labels = [self.tokenizer.decode([t]) or "·" for t in toks] + ["</s>"]
+            self._val_attention = (out.las_output.attention[0, :U, :T].float().cpu().numpy(), batch.ids[0], labels)
+        if len(self._val_refs) < self.opts.val_decode_max_utts:
+            first, final = self._decode_texts(batch, enc)
+            self._val_refs += batch.texts
+            self._val_first += first
+            self._val_final += final
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_losses:
+            return
+        n = sum(x[3] for x in self._val_losses)
+        avg = [sum(x[i] * x[3] for x in self._val_losses) / n for i in range(3)]
+        r1, r2 = error_rates(self._val_refs, self._val_first), error_rates(self._val_refs, self._val_final)
+        metrics = {
+            "val/loss_total": avg[0], "val/loss_rnnt": avg[1], "val/loss_las": avg[2],
+            "val/wer_rnnt": r1.wer, "val/wer_2pass": r2.wer, "val/cer_rnnt": r1.cer, "val/cer_2pass": r2.cer,
+        }  # fmt: skip
+        if not self.has_las:
+            del metrics["val/loss_las"]
+        for k, v in metrics.items():
+            self.log(k, v, prog_bar=k in ("val/wer_rnnt", "val/wer_2pass"), sync_dist=True)
+        self.log("epoch", float(self.current_epoch))
+        if self.trainer.sanity_checking:
+            return
+        self.curves["val/loss_total"].append((self.global_step, avg[0]))
+        log.info(
+            "epoch %d: val loss %.3f  WER rnnt %.2f%%  2pass %.2f%%  CER rnnt %.2f%%  2pass %.2f%%",
+            self.current_epoch, avg[0], 100 * r1.wer, 100 * r2.wer, 100 * r1.cer, 100 * r2.cer,
+        )  # fmt: skip
+        if self.opts.plot_dir and self.trainer.is_global_zero:
+            if self._val_attention is not None:
+                w, utt, labels = self._val_attention
+                png = Path(self.opts.plot_dir) / f"attention_epoch{self.current_epoch:03d}.png"
+                plot_attention(w, png, f"LAS attention, {utt}, epoch {self.current_epoch}", labels)
+                log_image(self.loggers, "val/attention", png, self.global_step)
+            plot_curves(self.curves, Path(self.opts.plot_dir) / "loss_curve.png")
+
+    # -- optimisation and checkpoints -----------------------------------------------------
+    def configure_optimizers(self):
+        c = self.optim_cfg
+        opt = torch.optim.Adam(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_decay(c.warmup_steps, c.decay, c.total_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Make every .ckpt self-contained: model config, tokenizer and text normalisation."""
+        checkpoint["sonus"] = {
+            "model_config": self.model.cfg.to_dict(),
+            "tokenizer": tokenizer_to_tensor(self.tokenizer),
+            "normalize": dict(self.opts.normalize),
+        }
+        checkpoint["curves"] = {k: [list(p) for p in v] for k, v in self.curves.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        for k, v in checkpoint.get("curves", {}).items():
+            self.curves[k] = [tuple(p) for p in v]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    pl.seed_everything(seed, workers=True, verbose=False)

@@ -1,0 +1,138 @@
+"""`sonus train`: build data, tokenizer and model from the config, then fit."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from sonus.asr.config import ASRModelConfig, EncoderConfig, JoinerConfig, LASConfig, PredictorConfig
+from sonus.asr.decoding import DecodingOptions
+from sonus.asr.lightning import ASRLightning, OptimConfig, TrainOptions, seed_everything
+from sonus.asr.model import TwoPassASR
+from sonus.audio.features import SpecAugmentConfig
+from sonus.data.asr_dataset import ASRDataset, collate, encode_transcripts
+from sonus.data.manifest import read_manifest
+from sonus.data.sampler import DurationBucketSampler
+from sonus.text.normalize import normalize_text
+from sonus.text.tokenizer import Tokenizer, load_tokenizer, save_tokenizer, train_tokenizer
+from sonus.train.trainer import build_trainer
+
+log = logging.getLogger(__name__)
+
+
+def model_config_from(m: DictConfig, vocab_size: int, n_mels: int, sample_rate: int) -> ASRModelConfig:
+    """Map the flat config keys of ``configs/model/*.yaml`` onto the model dataclasses."""
+    las = m.get("las", {})
+    return ASRModelConfig(
+        vocab_size=vocab_size,
+        n_mels=n_mels,
+        sample_rate=sample_rate,
+        encoder=EncoderConfig(m.encoder_hidden, m.encoder_layers, m.reduction, m.reduction_type, m.dropout),
+        predictor=PredictorConfig(m.pred_type, m.pred_hidden, m.pred_layers, m.pred_embed, m.dropout),
+        joiner=JoinerConfig(m.joint_hidden),
+        las=LASConfig(
+            enabled=bool(las.get("enabled", True)) and float(m.loss_weights.las) > 0,
+            enc2_hidden=las.enc2_hidden,
+            dec_hidden=las.dec_hidden,
+            embedding_dim=las.embedding_dim,
+            attention=las.attention,
+            dropout=m.dropout,
+        ),
+    )
+
+
+def decoding_options_from(d: DictConfig, default_second_pass: str = "rescore") -> DecodingOptions:
+    return DecodingOptions(
+        strategy=d.strategy,
+        beam_size=int(d.get("beam_size_rnnt") or d.beam_size),
+        max_symbols_per_frame=int(d.get("max_symbols_per_frame", 3)),
+        second_pass=d.get("second_pass") or default_second_pass,
+        las_weight=float(d.las_weight),
+        las_beam_size=int(d.beam_size_las),
+        length_bonus=float(d.get("length_bonus", 0.0)),
+    )
+
+
+def _tokenizer(cfg: DictConfig, texts: list[str], out: Path) -> Tokenizer:
+    kind = cfg.model.tokenizer
+    path = out / ("tokenizer.chars" if kind == "char" else "tokenizer.model")
+    if path.is_file():  # resuming: the ids must not change under the checkpoint
+        log.info("using the experiment's tokenizer %s", path)
+        return load_tokenizer(path)
+    tok = train_tokenizer(texts, kind=kind, vocab_size=int(cfg.model.vocab_size))
+    save_tokenizer(tok, path)
+    return tok
+
+
+@torch.no_grad()
+def _fit_cmvn(model: TwoPassASR, ds: ASRDataset, n: int = 200) -> None:
+    items = [ds[i] for i in range(0, len(ds), max(1, len(ds) // n))][:n]
+    batch = collate(items)
+    feats, lengths = model.frontend(batch.wave, batch.wave_lengths)
+    model.cmvn.fit(feats, lengths)
+
+
+def train(cfg: DictConfig) -> Path:
+    """Train the experiment in ``cfg``; returns the output folder (best.ckpt, last.ckpt, ...)."""
+    out = Path(cfg.training.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    seed_everything(int(cfg.seed))
+    d = cfg.data
+    norm = dict(d.normalize)
+    train_utts = read_manifest(d.train_manifest)
+    dev_utts = read_manifest(d.dev_manifest)
+    if d.get("max_train_utterances"):
+        train_utts = train_utts[: int(d.max_train_utterances)]
+    train_texts = [normalize_text(u.text, **norm) for u in train_utts]
+    dev_texts = [normalize_text(u.text, **norm) for u in dev_utts]
+    tok = _tokenizer(cfg, train_texts, out)
+    train_ds = ASRDataset(train_utts, encode_transcripts(train_utts, tok, d.train_manifest, norm), train_texts, d.sample_rate, d.skip_bad)
+    dev_ds = ASRDataset(dev_utts, encode_transcripts(dev_utts, tok, d.dev_manifest, norm), dev_texts, d.sample_rate, d.skip_bad)
+    log.info("train: %d utterances (%.2f h); dev: %d; vocabulary %d", len(train_utts), sum(u.duration for u in train_utts) / 3600, len(dev_utts), tok.vocab_size)
+
+    model_cfg = model_config_from(cfg.model, tok.vocab_size, int(d.n_mels), int(d.sample_rate))
+    sa = cfg.model.get("specaugment")
+    model = TwoPassASR(model_cfg, SpecAugmentConfig(**sa) if sa else SpecAugmentConfig())
+    _fit_cmvn(model, train_ds)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("model: %.2fM parameters", n_params / 1e6)
+
+    t = cfg.training
+    monitor = "val/wer_2pass" if model.las is not None else "val/wer_rnnt"
+    trainer = build_trainer(cfg, out, monitor=monitor)
+    rank, world = trainer.global_rank, trainer.world_size
+    train_sampler = DurationBucketSampler(
+        [u.duration for u in train_utts], float(t.max_duration), int(t.batch_size), num_buckets=int(t.get("num_buckets", 10)),
+        shuffle=True, seed=int(cfg.seed), num_replicas=world, rank=rank,
+    )  # fmt: skip
+    dev_sampler = DurationBucketSampler(
+        [u.duration for u in dev_utts], float(t.max_duration), int(t.batch_size), shuffle=False, num_replicas=world, rank=rank
+    )
+    nw = int(d.num_workers)
+    train_dl = DataLoader(train_ds, batch_sampler=train_sampler, collate_fn=collate, num_workers=nw, persistent_workers=nw > 0)
+    dev_dl = DataLoader(dev_ds, batch_sampler=dev_sampler, collate_fn=collate, num_workers=nw, persistent_workers=nw > 0)
+    total = len(train_sampler) * int(t.num_epochs) // int(t.get("accumulate_grad_batches", 1))
+    optim = OptimConfig(lr=float(t.lr), warmup_steps=int(t.warmup_steps), decay=t.lr_decay, total_steps=total)
+    opts = TrainOptions(
+        loss_weights=dict(cfg.model.loss_weights),
+        label_smoothing=float(cfg.model.label_smoothing),
+        train_wer_every_n_steps=int(t.train_wer_every_n_steps),
+        train_wer_max_utts=int(t.train_wer_max_utts),
+        val_decode_max_utts=int(t.val_decode_max_utts),
+        plot_dir=str(out / "plots"),
+        normalize=norm,
+    )
+    module = ASRLightning(model, tok, optim, opts, decoding_options_from(cfg.decoding))
+    ckpt = t.get("ckpt_path")
+    if ckpt is None and t.get("resume", True) and (out / "last.ckpt").is_file():
+        ckpt = str(out / "last.ckpt")
+        log.info("resuming from %s", ckpt)
+    trainer.fit(module, train_dl, dev_dl, ckpt_path=ckpt)
+    if train_ds.bad:
+        log.warning("%d unreadable training utterances were skipped: %s", len(train_ds.bad), train_ds.bad[:10])
+    return out

@@ -1,0 +1,142 @@
+"""Log-mel filterbank features, computed in torch on the input's device.
+
+Shapes: B batch, S samples, T frames, F mel bins.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    sample_rate: int = 16000
+    n_fft: int = 400  # 25 ms
+    hop_length: int = 160  # 10 ms
+    n_mels: int = 80
+    f_min: float = 20.0
+    f_max: float | None = None
+    dither: float = 0.0
+
+
+def _hz_to_mel(f: torch.Tensor) -> torch.Tensor:
+    return 2595.0 * torch.log10(1.0 + f / 700.0)
+
+
+def _mel_to_hz(m: torch.Tensor) -> torch.Tensor:
+    return 700.0 * (10 ** (m / 2595.0) - 1.0)
+
+
+def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, f_min: float, f_max: float) -> torch.Tensor:
+    """Triangular HTK-mel filters, (n_fft // 2 + 1, n_mels), each normalised to unit area (Slaney)."""
+    freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
+    mels = torch.linspace(_hz_to_mel(torch.tensor(f_min)), _hz_to_mel(torch.tensor(f_max)), n_mels + 2, dtype=torch.float64)
+    hz = _mel_to_hz(mels)
+    lower, center, upper = hz[:-2], hz[1:-1], hz[2:]
+    up = (freqs[:, None] - lower[None]) / (center - lower)[None]
+    down = (upper[None] - freqs[:, None]) / (upper - center)[None]
+    fb = torch.clamp(torch.minimum(up, down), min=0.0)
+    fb = fb * (2.0 / (upper - lower))[None]
+    return fb.float()
+
+
+class LogMel(nn.Module):
+    """Waveform (B, S) -> log-mel (B, T, F) with T = S // hop + 1, plus frame lengths.
+
+    Always computed in fp32 (the STFT and log are not safe in half precision).
+    """
+
+    def __init__(self, cfg: FeatureConfig = FeatureConfig()) -> None:
+        super().__init__()
+        self.cfg = cfg
+        f_max = cfg.f_max or cfg.sample_rate / 2
+        self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
+        self.register_buffer("fbank", mel_filterbank(cfg.n_fft, cfg.n_mels, cfg.sample_rate, cfg.f_min, f_max), persistent=False)
+
+    def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
+        return sample_lengths // self.cfg.hop_length + 1
+
+    def forward(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(device_type=wave.device.type, enabled=False):
+            x = wave.float()
+            if self.training and self.cfg.dither > 0:
+                x = x + self.cfg.dither * torch.randn_like(x)
+            spec = torch.stft(
+                x, self.cfg.n_fft, self.cfg.hop_length, window=self.window, center=True, return_complex=True
+            )  # (B, n_fft/2+1, T)
+            power = spec.real.square() + spec.imag.square()
+            mel = torch.matmul(power.transpose(1, 2), self.fbank)  # (B, T, F)
+            feats = torch.log(mel + 1e-6)
+        frames = self.frame_lengths(lengths)
+        mask = torch.arange(feats.shape[1], device=feats.device)[None, :] < frames[:, None]
+        return feats.masked_fill(~mask[..., None], 0.0), frames
+
+
+class GlobalCMVN(nn.Module):
+    """Mean/variance normalisation with statistics of the training set, stored in the model.
+
+    Global (not per-utterance) statistics keep the front end causal, so a streamed
+    utterance gets exactly the features of the offline pass.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("inv_std", torch.ones(dim))
+
+    @torch.no_grad()
+    def fit(self, feats: torch.Tensor, lengths: torch.Tensor) -> None:
+        """Set the statistics from (B, T, F) features with valid lengths (B,)."""
+        mask = torch.arange(feats.shape[1], device=feats.device)[None, :] < lengths[:, None]
+        x = feats[mask].double()  # (N, F)
+        self.mean.copy_(x.mean(0).float())
+        self.inv_std.copy_((1.0 / (x.std(0) + 1e-5)).float())
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return (feats - self.mean) * self.inv_std
+
+
+@dataclass(frozen=True)
+class SpecAugmentConfig:
+    freq_masks: int = 2
+    freq_width: int = 15
+    time_masks: int = 4
+    time_width: float = 0.05  # max fraction of the utterance per mask
+
+
+class SpecAugment(nn.Module):
+    """SpecAugment (Park et al. 2019) without time warping; active only in training mode."""
+
+    def __init__(self, cfg: SpecAugmentConfig = SpecAugmentConfig()) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """feats: (B, T, F) -> same, with zeroed frequency bands and time spans."""
+        if not self.training:
+            return feats
+        B, T, F = feats.shape
+        dev = feats.device
+        keep_f = torch.ones(B, F, dtype=torch.bool, device=dev)
+        f_idx = torch.arange(F, device=dev)[None, :]
+        for _ in range(self.cfg.freq_masks):
+            w = torch.randint(0, self.cfg.freq_width + 1, (B, 1), device=dev)
+            f0 = (torch.rand(B, 1, device=dev) * (F - w).clamp(min=1)).long()
+            keep_f &= ~((f_idx >= f0) & (f_idx < f0 + w))
+        keep_t = torch.ones(B, T, dtype=torch.bool, device=dev)
+        t_idx = torch.arange(T, device=dev)[None, :]
+        max_w = (lengths.float() * self.cfg.time_width).long().clamp(min=1)[:, None]
+        for _ in range(self.cfg.time_masks):
+            w = (torch.rand(B, 1, device=dev) * (max_w + 1)).long()
+            t0 = (torch.rand(B, 1, device=dev) * (lengths[:, None] - w).clamp(min=1)).long()
+            keep_t &= ~((t_idx >= t0) & (t_idx < t0 + w))
+        keep = keep_t[:, :, None].to(feats.dtype) * keep_f[:, None, :].to(feats.dtype)
+        return feats * keep
+
+
+def num_frames(duration_s: float, cfg: FeatureConfig) -> int:
+    return int(math.floor(duration_s * cfg.sample_rate)) // cfg.hop_length + 1

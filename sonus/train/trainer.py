@@ -1,0 +1,58 @@
+"""Builds the Lightning Trainer every task uses: checkpoints, loggers, budget, precision."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+
+from sonus.train.callbacks import TimeBudget
+from sonus.train.checkpoint import AtomicCheckpointIO
+from sonus.train.loggers import build_loggers
+
+
+def build_trainer(cfg: Any, output_dir: Path, monitor: str, mode: str = "min") -> pl.Trainer:
+    """cfg is the whole run config (``training``, ``wandb``, ``tensorboard`` groups).
+
+    ``output_dir`` gets ``best.ckpt`` (by ``monitor``) and ``last.ckpt``.
+    """
+    t = cfg.training
+    callbacks: list[pl.Callback] = [
+        ModelCheckpoint(dirpath=str(output_dir), filename="best", monitor=monitor, mode=mode, save_top_k=1, save_last=True, auto_insert_metric_name=False, enable_version_counter=False),
+    ]
+    if t.get("time_budget_minutes"):
+        callbacks.append(TimeBudget(float(t.time_budget_minutes)))
+    try:
+        import rich  # noqa: F401
+
+        callbacks.append(RichProgressBar(leave=True) if t.get("progress_bar", "rich") == "rich" else TQDMProgressBar())
+    except ImportError:
+        callbacks.append(TQDMProgressBar())
+    if t.get("tf32", False) and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    loggers = build_loggers(cfg, output_dir)
+    return pl.Trainer(
+        default_root_dir=str(output_dir),
+        max_epochs=int(t.num_epochs),
+        max_time=t.get("max_time"),
+        accelerator=t.get("accelerator", "auto"),
+        devices=t.get("devices", 1),
+        num_nodes=t.get("num_nodes", 1),
+        strategy=t.get("strategy", "auto"),
+        precision=t.get("precision", "32-true"),
+        gradient_clip_val=float(t.grad_clip),
+        accumulate_grad_batches=int(t.get("accumulate_grad_batches", 1)),
+        callbacks=callbacks,
+        logger=loggers or False,
+        log_every_n_steps=int(t.get("log_every_n_steps", 10)),
+        num_sanity_val_steps=int(t.get("num_sanity_val_steps", 0)),
+        limit_val_batches=t.get("limit_val_batches", 1.0),
+        use_distributed_sampler=False,  # our duration sampler shards by rank itself
+        plugins=[AtomicCheckpointIO()],
+        enable_model_summary=t.get("model_summary", True),
+        deterministic=t.get("deterministic", False),
+    )
