@@ -34,6 +34,29 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return soxr.resample(wave, orig_sr, target_sr, quality="HQ").astype(np.float32, copy=False)
 
 
+def _wav_missing_bytes(path: Path) -> int:
+    """For a RIFF/WAVE file, bytes the 'data' chunk declares beyond the end of the file (0 if whole).
+
+    libsndfile quietly reads what is there, so a copy cut off mid-transfer would pass unnoticed.
+    """
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return 0
+        size = os.fstat(f.fileno()).st_size
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk = f.read(8)
+            n = int.from_bytes(chunk[4:8], "little")
+            if chunk[:4] == b"data":
+                if n in (0, 0xFFFFFFFF):  # streaming writers leave the size open
+                    return 0
+                return max(0, pos + 8 + n - size)
+            pos += 8 + n + (n & 1)
+    return 0
+
+
 def load_audio(
     path: str | os.PathLike,
     sample_rate: int = 16000,
@@ -56,12 +79,17 @@ def load_audio(
     path = Path(path)
     if not path.is_file():
         raise AudioError(path, "audio file not found")
+    if offset < 0 or (duration is not None and duration <= 0):
+        raise AudioError(path, f"invalid segment: offset={offset}, duration={duration} (need offset >= 0, duration > 0)")
+    cut = _wav_missing_bytes(path)
+    if cut:
+        raise AudioError(path, f"truncated: the wav header declares {cut} more bytes of samples than the file holds")
     try:
         info = sf.info(str(path))
         start = int(round(offset * info.samplerate))
         frames = -1 if duration is None else int(round(duration * info.samplerate))
-        if start > info.frames:
-            raise AudioError(path, f"offset {offset:.3f}s is past the end ({info.duration:.3f}s)")
+        if start >= info.frames:
+            raise AudioError(path, f"offset {offset:.3f}s is at or past the end ({info.duration:.3f}s)")
         data, sr = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
     except AudioError:
         raise
@@ -69,10 +97,12 @@ def load_audio(
         raise AudioError(path, f"cannot decode audio ({type(e).__name__}: {e})") from e
     if data.shape[0] == 0:
         raise AudioError(path, "no audio samples (empty or truncated file)")
-    if frames > 0 and data.shape[0] < frames * 0.9:
-        raise AudioError(
-            path, f"truncated: asked for {frames} samples, file holds {data.shape[0]} from offset {offset}s"
-        )
+    expected = (info.frames - start) if frames < 0 else min(frames, info.frames - start)
+    if data.shape[0] < expected:
+        # The header promised more samples than the data section holds: a cut-off file.
+        raise AudioError(path, f"truncated: header says {expected} samples from {offset}s, only {data.shape[0]} could be read")
+    if frames > 0 and start + frames > info.frames + 0.01 * info.samplerate:
+        raise AudioError(path, f"segment {offset}s+{duration}s runs past the end of the file ({info.duration:.3f}s)")
     if data.shape[1] > 1:
         warnings.warn(f"{path}: {data.shape[1]} channels, downmixed to mono", stacklevel=2)
     wave = data.mean(axis=1)

@@ -1,0 +1,89 @@
+"""ASR dataset: loads audio, tokenises, collates. Batching lives in the sampler."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset
+
+from sonus.audio.io import AudioError, load_audio
+from sonus.data.manifest import Utterance
+from sonus.text.normalize import normalize_text
+from sonus.text.tokenizer import Tokenizer, TokenizerError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ASRBatch:
+    """A padded batch. wave (B, S), wave_lengths (B,), targets (B, U) padded with 0, target_lengths (B,)."""
+
+    ids: list[str]
+    texts: list[str]
+    wave: torch.Tensor
+    wave_lengths: torch.Tensor
+    targets: torch.Tensor
+    target_lengths: torch.Tensor
+
+    def to(self, device: torch.device | str) -> "ASRBatch":
+        return ASRBatch(self.ids, self.texts, self.wave.to(device), self.wave_lengths.to(device), self.targets.to(device), self.target_lengths.to(device))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def encode_transcripts(utts: list[Utterance], tokenizer: Tokenizer, manifest: str, normalize: dict) -> list[list[int]]:
+    """Normalise and tokenise every transcript up front, so bad text fails at start-up, not at hour 9."""
+    out = []
+    for i, u in enumerate(utts):
+        text = normalize_text(u.text, **normalize)
+        if not text:
+            raise ValueError(f"{manifest}: utterance '{u.id}' (record {i + 1}): text is empty after normalisation ({u.text!r})")
+        try:
+            out.append(tokenizer.encode(text))
+        except TokenizerError as e:
+            raise TokenizerError(f"{manifest}: utterance '{u.id}' (record {i + 1}): {e}") from None
+    return out
+
+
+class ASRDataset(Dataset):
+    """Items are (id, text, wave, tokens). With ``skip_bad``, an unreadable file is logged and skipped."""
+
+    def __init__(
+        self, utts: list[Utterance], tokens: list[list[int]], texts: list[str], sample_rate: int = 16000, skip_bad: bool = False
+    ) -> None:
+        self.utts, self.tokens, self.texts = utts, tokens, texts
+        self.sample_rate, self.skip_bad = sample_rate, skip_bad
+        self.bad: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.utts)
+
+    def __getitem__(self, i: int):
+        u = self.utts[i]
+        try:
+            wave = load_audio(u.audio_filepath, self.sample_rate, u.offset, u.duration if u.offset else None)
+        except AudioError as e:
+            if not self.skip_bad:
+                raise AudioError(e.path, f"{e.reason} (utterance '{u.id}'; pass data.skip_bad=true to skip such files)") from None
+            log.warning("skipping utterance %s: %s", u.id, e)
+            self.bad.append(u.id)
+            return None
+        return u.id, self.texts[i], wave, self.tokens[i]
+
+
+def collate(items: list) -> ASRBatch | None:
+    items = [x for x in items if x is not None]
+    if not items:
+        return None
+    ids, texts, waves, tokens = zip(*items)
+    wl = torch.tensor([w.shape[0] for w in waves])
+    tl = torch.tensor([len(t) for t in tokens])
+    wave = torch.zeros(len(items), int(wl.max()))
+    targets = torch.zeros(len(items), max(1, int(tl.max())), dtype=torch.long)
+    for i, (w, t) in enumerate(zip(waves, tokens)):
+        wave[i, : w.shape[0]] = w
+        targets[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+    return ASRBatch(list(ids), list(texts), wave, wl, targets, tl)

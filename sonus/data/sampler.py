@@ -1,0 +1,100 @@
+"""Duration-bucketed batching, DDP-aware.
+
+Utterances of similar duration go to one batch, and a batch holds at most
+``max_duration`` seconds of *padded* audio (longest x count), so little compute goes
+to padding (lhotse's DynamicBucketingSampler follows the same idea).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Iterator, Sequence
+
+from torch.utils.data import Sampler
+
+
+class DurationBucketSampler(Sampler[list[int]]):
+    """Yields lists of indices.
+
+    Args:
+        durations: seconds per utterance.
+        max_duration: padded seconds per batch.
+        max_batch_size: cap on utterances per batch.
+        num_buckets: utterances are sorted by duration and cut into this many buckets;
+            batches are formed inside a bucket, then shuffled across buckets.
+        shuffle, seed: per-epoch shuffling (call :meth:`set_epoch`).
+        num_replicas, rank: under DDP every rank gets the same number of batches,
+            different ones (batches dealt round-robin; the remainder is dropped).
+    """
+
+    def __init__(
+        self,
+        durations: Sequence[float],
+        max_duration: float,
+        max_batch_size: int = 512,
+        num_buckets: int = 10,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        if max_duration <= 0:
+            raise ValueError(f"max_duration must be > 0, got {max_duration}")
+        too_long = [i for i, d in enumerate(durations) if d > max_duration]
+        if too_long:
+            raise ValueError(
+                f"{len(too_long)} utterance(s) are longer than max_duration={max_duration}s "
+                f"(e.g. index {too_long[0]}: {durations[too_long[0]]:.2f}s); raise max_duration or filter them"
+            )
+        self.durations = list(durations)
+        self.max_duration, self.max_batch_size = max_duration, max_batch_size
+        self.num_buckets, self.shuffle, self.seed = max(1, num_buckets), shuffle, seed
+        self.num_replicas, self.rank, self.drop_last = num_replicas, rank, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        rng = random.Random(self.seed + self.epoch)
+        order = sorted(range(len(self.durations)), key=lambda i: self.durations[i])
+        size = math.ceil(len(order) / self.num_buckets)
+        batches: list[list[int]] = []
+        for start in range(0, len(order), size):
+            bucket = order[start : start + size]
+            if self.shuffle:
+                rng.shuffle(bucket)  # durations inside a bucket are close, so order is free
+            batch: list[int] = []
+            longest = 0.0
+            for i in bucket:
+                d = self.durations[i]
+                if batch and (max(longest, d) * (len(batch) + 1) > self.max_duration or len(batch) >= self.max_batch_size):
+                    batches.append(batch)
+                    batch, longest = [], 0.0
+                batch.append(i)
+                longest = max(longest, d)
+            if batch:
+                batches.append(batch)
+        if self.shuffle:
+            rng.shuffle(batches)
+        if self.num_replicas > 1:
+            n = len(batches) // self.num_replicas
+            batches = batches[self.rank : n * self.num_replicas : self.num_replicas]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+    def padding_fraction(self) -> float:
+        """Share of padded frames over all batches of the current epoch."""
+        total = padded = 0.0
+        for b in self._batches():
+            d = [self.durations[i] for i in b]
+            total += max(d) * len(d)
+            padded += max(d) * len(d) - sum(d)
+        return padded / total if total else 0.0
