@@ -45,8 +45,11 @@ def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, f_min: float, f_ma
 
 
 class LogMel(nn.Module):
-    """Waveform (B, S) -> log-mel (B, T, F) with T = S // hop + 1, plus frame lengths.
+    """Waveform (B, S) -> log-mel (B, T, F) with T = S // hop, plus frame lengths.
 
+    Causal framing: frame t covers samples [(t+1)*hop - n_fft, (t+1)*hop), zero before
+    the start. A frame never looks past its own end, so padding after an utterance
+    cannot change it and a stream fed chunk by chunk gets exactly the offline features.
     Always computed in fp32 (the STFT and log are not safe in half precision).
     """
 
@@ -58,15 +61,16 @@ class LogMel(nn.Module):
         self.register_buffer("fbank", mel_filterbank(cfg.n_fft, cfg.n_mels, cfg.sample_rate, cfg.f_min, f_max), persistent=False)
 
     def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
-        return sample_lengths // self.cfg.hop_length + 1
+        return sample_lengths // self.cfg.hop_length
 
     def forward(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(device_type=wave.device.type, enabled=False):
             x = wave.float()
             if self.training and self.cfg.dither > 0:
                 x = x + self.cfg.dither * torch.randn_like(x)
+            x = torch.nn.functional.pad(x, (self.cfg.n_fft - self.cfg.hop_length, 0))
             spec = torch.stft(
-                x, self.cfg.n_fft, self.cfg.hop_length, window=self.window, center=True, return_complex=True
+                x, self.cfg.n_fft, self.cfg.hop_length, window=self.window, center=False, return_complex=True
             )  # (B, n_fft/2+1, T)
             power = spec.real.square() + spec.imag.square()
             mel = torch.matmul(power.transpose(1, 2), self.fbank)  # (B, T, F)
@@ -139,4 +143,4 @@ class SpecAugment(nn.Module):
 
 
 def num_frames(duration_s: float, cfg: FeatureConfig) -> int:
-    return int(math.floor(duration_s * cfg.sample_rate)) // cfg.hop_length + 1
+    return int(math.floor(duration_s * cfg.sample_rate)) // cfg.hop_length

@@ -33,3 +33,17 @@ class TimeBudget(pl.Callback):
         self.longest = max(self.longest, now - self.epoch_start)
         if now - self.start + self.longest > self.budget:
             trainer.should_stop = True
+
+
+class SaveLast(pl.Callback):
+    """Write ``last.ckpt`` after every training epoch (validation included), atomically.
+
+    Lightning's ``save_last`` skips the file when the best checkpoint was written at the
+    same step, so after a crash ``last.ckpt`` could be an epoch behind.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        trainer.save_checkpoint(self.path)

@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 
-from sonus.train.callbacks import TimeBudget
+from sonus.train.callbacks import SaveLast, TimeBudget
 from sonus.train.checkpoint import AtomicCheckpointIO
 from sonus.train.loggers import build_loggers
 
@@ -21,7 +21,8 @@ def build_trainer(cfg: Any, output_dir: Path, monitor: str, mode: str = "min") -
     """
     t = cfg.training
     callbacks: list[pl.Callback] = [
-        ModelCheckpoint(dirpath=str(output_dir), filename="best", monitor=monitor, mode=mode, save_top_k=1, save_last=True, auto_insert_metric_name=False, enable_version_counter=False),
+        ModelCheckpoint(dirpath=str(output_dir), filename="best", monitor=monitor, mode=mode, save_top_k=1, save_last=False, auto_insert_metric_name=False, enable_version_counter=False),
+        SaveLast(str(output_dir / "last.ckpt")),
     ]
     if t.get("time_budget_minutes"):
         callbacks.append(TimeBudget(float(t.time_budget_minutes)))

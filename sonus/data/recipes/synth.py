@@ -257,7 +257,7 @@ def _synth_shard(specs: list[_UttSpec]) -> list[tuple[str, int, str]]:
             wave = _render(spec, get_engine())
             save_audio(spec.wav_path, wave, SAMPLE_RATE)
             rows.append((spec.id, len(wave), ""))
-        except Exception as e:  # one bad utterance is reported, not fatal
+        except Exception as e:  # noqa: BLE001 (one bad utterance is reported, not fatal)
             rows.append((spec.id, 0, f"{type(e).__name__}: {e}"))
     return rows
 
@@ -414,6 +414,7 @@ def prepare_synth(
         RuntimeError: the eSpeak NG library or its data cannot be loaded.
         ValueError, FileNotFoundError: an argument is out of range or names a missing folder.
     """
+    snr_db, test_variants = (float(snr_db[0]), float(snr_db[1])), tuple(str(v) for v in test_variants)  # e.g. from YAML
     dev = max(1, round(num_utterances * dev_fraction)) if dev_fraction > 0 else 0
     test = max(1, round(num_utterances * test_fraction)) if test_fraction > 0 else 0
     sizes = {"train": num_utterances - dev - test, "dev": dev, "test": test}
@@ -429,12 +430,15 @@ def prepare_synth(
     lib_path, data_path = espeak_paths()
     version = _load_library(lib_path).espeak_Info(None).decode()  # a clear error before any work
     train_voices, test_voices = list_voices(data_path, test_variants)
-    args = dict(format_version=FORMAT_VERSION, num_utterances=num_utterances, seed=seed, dev_fraction=dev_fraction,
-                test_fraction=test_fraction, min_words=min_words, max_words=max_words, vocab_size=vocab_size,
-                noise_prob=noise_prob, snr_db=snr_db, espeak=version, test_voices=test_voices,
-                train_voices_sha1=hashlib.sha1(" ".join(train_voices).encode()).hexdigest(),
-                noise_sha1=hashlib.sha1(" ".join(f"{p}:{p.stat().st_size}" for p in noise).encode()).hexdigest(),
-                recipe=[RATE_WPM, PITCH, PITCH_RANGE, VOLUME, KEEP_SILENCE_S, _SHARD_SIZE])  # fmt: skip
+    args = {
+        "format_version": FORMAT_VERSION, "num_utterances": num_utterances, "seed": seed,
+        "dev_fraction": dev_fraction, "test_fraction": test_fraction, "min_words": min_words,
+        "max_words": max_words, "vocab_size": vocab_size, "noise_prob": noise_prob, "snr_db": snr_db,
+        "espeak": version, "test_voices": test_voices,
+        "train_voices_sha1": hashlib.sha1(" ".join(train_voices).encode()).hexdigest(),
+        "noise_sha1": hashlib.sha1(" ".join(f"{p}:{p.stat().st_size}" for p in noise).encode()).hexdigest(),
+        "recipe": [RATE_WPM, PITCH, PITCH_RANGE, VOLUME, KEEP_SILENCE_S, _SHARD_SIZE],
+    }  # fmt: skip
     args = json.loads(json.dumps(args))  # tuples -> lists, as read back from summary.json
     if not force and (done := _load_summary(out / "summary.json", args)) is not None:
         log.info("%s is already complete for these arguments; reusing it", out)
@@ -444,6 +448,7 @@ def prepare_synth(
     gen = SentenceGenerator(vocab, min_words, max_words)
     voices = {"train": train_voices, "dev": train_voices, "test": test_voices}
     specs = _plan(out, sizes, seed, gen, voices, noise, snr_db, noise_prob)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").unlink(missing_ok=True)  # an interrupted run must not look complete
     results = _run_pool(specs, num_workers, progress)
 
@@ -458,6 +463,8 @@ def prepare_synth(
             by_split[spec.split].append(Utterance(spec.id, spec.wav_path, n / SAMPLE_RATE, spec.text,
                                                   speaker=spec.settings.voice))  # fmt: skip
     by_split = {split: utts for split, utts in by_split.items() if utts}
+    if not by_split:
+        raise RuntimeError(f"every one of {len(specs)} utterances failed to synthesise; the first: {results[specs[0].id][1]}")
     if failed:
         log.warning("%d of %d utterances failed and are left out: %s", len(failed), len(specs), summarize(failed))
     keep = {spec.wav_path for spec in specs if not results[spec.id][1]}

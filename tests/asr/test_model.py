@@ -1,0 +1,106 @@
+"""Model: shapes, gradient routing, save -> load -> same output."""
+
+from __future__ import annotations
+
+import torch
+
+from sonus.asr.config import ASRModelConfig, EncoderConfig, JoinerConfig, LASConfig, PredictorConfig
+from sonus.asr.model import TwoPassASR, load_model, save_model
+from sonus.text.tokenizer import CharTokenizer
+
+
+def small_config(vocab: int, las: bool = True, **enc) -> ASRModelConfig:
+    return ASRModelConfig(
+        vocab_size=vocab,
+        n_mels=40,
+        encoder=EncoderConfig(hidden=32, layers=2, **enc),
+        predictor=PredictorConfig(hidden=24, embed=16),
+        joiner=JoinerConfig(hidden=32),
+        las=LASConfig(enabled=las, enc2_hidden=16, dec_hidden=24, embedding_dim=8, attention_dim=16),
+    )
+
+
+def _batch(B=3, vocab=10):
+    g = torch.Generator().manual_seed(0)
+    wave = torch.randn(B, 16000, generator=g) * 0.1
+    wl = torch.tensor([16000, 12000, 8000][:B])
+    targets = torch.randint(3, vocab, (B, 5), generator=g)
+    tl = torch.tensor([5, 3, 1][:B])
+    return wave, wl, targets, tl
+
+
+def test_shapes_and_losses_finite():
+    tok = CharTokenizer("abcdefg")
+    model = TwoPassASR(small_config(tok.vocab_size))
+    wave, wl, targets, tl = _batch(vocab=tok.vocab_size)
+    enc = model.encode(wave, wl)
+    assert enc.enc.shape == (3, 25, 32), enc.enc.shape  # 100 frames / 4 -> 25
+    assert enc.lengths.tolist() == [25, 19, 13]
+    out = model.losses(enc, targets, tl)
+    assert torch.isfinite(out.rnnt) and torch.isfinite(out.las)
+    assert out.las_output.logits.shape == (3, 6, tok.vocab_size)
+
+
+def test_gradient_routing():
+    """Encoder gets both losses; predictor/joiner only RNN-T; LAS only LAS."""
+    tok = CharTokenizer("abcdefg")
+    model = TwoPassASR(small_config(tok.vocab_size))
+    wave, wl, targets, tl = _batch(vocab=tok.vocab_size)
+    out = model.losses(model.encode(wave, wl), targets, tl)
+    out.las.backward(retain_graph=True)
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.predictor.parameters())
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.joiner.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+    model.zero_grad()
+    out.rnnt.backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.las.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.predictor.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+
+
+def test_save_load_same_output(tmp_path):
+    tok = CharTokenizer("abcdefg ")
+    model = TwoPassASR(small_config(tok.vocab_size, reduction_type="pool")).eval()
+    with torch.no_grad():
+        model.cmvn.mean.fill_(0.3)  # buffers travel too
+    wave, wl, targets, tl = _batch(vocab=tok.vocab_size)
+    with torch.no_grad():
+        ref = model.losses(model.encode(wave, wl), targets, tl)
+    save_model(tmp_path / "m.pt", model, tok)
+    loaded, tok2 = load_model(tmp_path / "m.pt")
+    assert tok2.encode("bad cafe") == tok.encode("bad cafe")
+    assert loaded.cfg == model.cfg
+    with torch.no_grad():
+        got = loaded.losses(loaded.encode(wave, wl), targets, tl)
+    torch.testing.assert_close(got.rnnt, ref.rnnt)
+    torch.testing.assert_close(got.las_output.logits, ref.las_output.logits)
+
+
+def test_padding_does_not_change_an_utterance():
+    """A short utterance decodes the same alone as in a padded batch (encoder is causal, LAS packs)."""
+    tok = CharTokenizer("abcdefg")
+    model = TwoPassASR(small_config(tok.vocab_size)).eval()
+    wave, wl, targets, tl = _batch(vocab=tok.vocab_size)
+    with torch.no_grad():
+        batch = model.losses(model.encode(wave, wl), targets, tl)
+        alone = model.losses(model.encode(wave[2:, : wl[2]], wl[2:]), targets[2:, : tl[2]], tl[2:])
+    torch.testing.assert_close(batch.las_output.logits[2, : tl[2] + 1], alone.las_output.logits[0], atol=1e-5, rtol=1e-4)
+
+
+def test_rnnt_only_model_has_no_las():
+    tok = CharTokenizer("abc")
+    model = TwoPassASR(small_config(tok.vocab_size, las=False))
+    assert model.las is None
+    wave, wl, targets, tl = _batch(vocab=tok.vocab_size)
+    out = model.losses(model.encode(wave, wl), targets, tl)
+    assert out.las is None and torch.isfinite(out.rnnt)
+
+
+def test_load_rejects_missing_or_foreign_checkpoint(tmp_path):
+    import pytest
+
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        load_model(tmp_path / "nope.ckpt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(RuntimeError, match="not a sonus ASR checkpoint"):
+        load_model(tmp_path / "other.pt")

@@ -1,0 +1,99 @@
+"""Training end to end on generated tone 'speech': loss goes down, keys are logged,
+checkpoints are written and reload, training resumes, decoding writes results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sonus.asr.infer import run_decode
+from sonus.asr.model import load_model
+from sonus.asr.train import train
+from sonus.cli import compose, main
+
+TINY = [
+    "model.tokenizer=char", "model.encoder_hidden=64", "model.encoder_layers=2", "model.pred_hidden=48",
+    "model.pred_embed=16", "model.joint_hidden=64", "model.las.enc2_hidden=32", "model.las.dec_hidden=48",
+    "model.las.embedding_dim=16", "model.specaugment.time_masks=1", "training.lr=3e-3", "training.warmup_steps=20",
+    "training.batch_size=16", "training.max_duration=30", "training.train_wer_every_n_steps=5",
+    "training.progress_bar=tqdm", "training.model_summary=false", "data.num_workers=0", "wandb.enabled=false",
+]  # fmt: skip
+
+EXPECTED_TRAIN = ["train/loss_total", "train/loss_rnnt", "train/loss_las", "train/wer_rnnt", "train/wer_2pass", "train/cer_rnnt", "train/cer_2pass", "lr"]
+EXPECTED_VAL = ["val/loss_total", "val/loss_rnnt", "val/loss_las", "val/wer_rnnt", "val/wer_2pass", "val/cer_rnnt", "val/cer_2pass", "epoch"]
+
+
+def _scalars(tb_dir: Path) -> dict[str, list[float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tb_dir))
+    acc.Reload()
+    return {k: [e.value for e in acc.Scalars(k)] for k in acc.Tags()["scalars"]}
+
+
+@pytest.fixture(scope="module")
+def trained(tone_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exp") / "tone"
+    cfg = compose("train", [f"data.train_manifest={tone_corpus['train']}", f"data.dev_manifest={tone_corpus['dev']}", f"training.output_dir={out}", "training.num_epochs=15", *TINY])
+    train(cfg)
+    return out, tone_corpus
+
+
+def test_training_lowers_loss_and_logs_every_key(trained):
+    out, _ = trained
+    for name in ("best.ckpt", "last.ckpt", "tokenizer.chars", "config.yaml"):
+        assert (out / name).is_file(), name
+    scalars = _scalars(out / "tensorboard")
+    for key in EXPECTED_TRAIN + EXPECTED_VAL:
+        assert key in scalars, (key, sorted(scalars))
+    val = scalars["val/loss_total"]
+    assert len(val) == 15
+    assert val[-1] < 0.6 * val[0], val
+    assert scalars["val/cer_2pass"][-1] < scalars["val/cer_2pass"][0]
+    assert sorted((out / "plots").glob("attention_epoch*.png")) and (out / "plots" / "loss_curve.png").is_file()
+
+
+def test_checkpoint_is_self_contained_and_weights_only(trained):
+    out, _ = trained
+    raw = torch.load(out / "best.ckpt", map_location="cpu", weights_only=True)  # must not need pickle
+    assert "sonus" in raw and "model_config" in raw["sonus"]
+    model, tok = load_model(out / "best.ckpt")
+    assert model.las is not None and tok.vocab_size == model.cfg.vocab_size
+
+
+def test_resume_continues_from_last(trained, tmp_path):
+    out, corpus = trained
+    before = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
+    cfg = compose("train", [f"data.train_manifest={corpus['train']}", f"data.dev_manifest={corpus['dev']}", f"training.output_dir={out}", "training.num_epochs=16", *TINY])
+    train(cfg)
+    after = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
+    per_epoch = before["global_step"] / 15
+    assert after["global_step"] - before["global_step"] == pytest.approx(per_epoch, abs=1), (before["global_step"], after["global_step"])
+    assert len(_scalars(out / "tensorboard")["val/loss_total"]) == 16  # one more validation, none repeated
+
+
+def test_decode_two_pass_writes_results_and_summary(trained, tmp_path):
+    out, corpus = trained
+    res = tmp_path / "dec.jsonl"
+    cfg = compose("decode", [f"model.checkpoint={out / 'best.ckpt'}", f"data.test_manifest={corpus['dev']}", f"data.dev_manifest={corpus['dev']}", "decoding.tune=true", f"output_path={res}"])
+    summary = run_decode("two_pass", cfg)
+    rows = [json.loads(line) for line in res.read_text().splitlines()]
+    assert len(rows) == 24
+    assert {"id", "ref", "hyp", "nbest"} <= set(rows[0])
+    assert rows[0]["nbest"] and {"text", "score"} <= set(rows[0]["nbest"][0])
+    s = json.loads(res.with_suffix(".summary.json").read_text())
+    assert s["final"]["wer"] == pytest.approx(summary.final.wer)
+    assert 0.0 <= summary.las_weight <= 1.0
+    assert summary.final.wer < 0.7, summary  # it learned something (untrained: ~100%)
+
+
+def test_cli_decode_rnnt_and_errors(trained, tmp_path, capsys):
+    out, corpus = trained
+    res = tmp_path / "r.jsonl"
+    assert main(["decode", "rnnt", f"model.checkpoint={out / 'best.ckpt'}", f"data.test_manifest={corpus['dev']}", "decoding.beam_size=2", f"output_path={res}"]) == 0
+    assert "WER" in capsys.readouterr().out
+    assert main(["decode", "three_pass"]) == 2
+    assert main(["train", "not-an-override"]) == 2
