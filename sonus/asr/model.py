@@ -21,7 +21,9 @@ from sonus.asr.joiner import Joiner
 from sonus.asr.las import LAS, LASOutput, las_loss
 from sonus.asr.loss import rnnt_loss
 from sonus.asr.predictor import Predictor
-from sonus.audio.features import FeatureConfig, GlobalCMVN, LogMel, SpecAugment, SpecAugmentConfig
+from sonus.audio.features import (
+    FeatureConfig, GainAugment, GainAugmentConfig, GlobalCMVN, LogMel, SpecAugment, SpecAugmentConfig,
+)
 from sonus.text.tokenizer import BLANK, Tokenizer, tokenizer_from_tensor, tokenizer_to_tensor
 
 
@@ -39,9 +41,16 @@ class ASRLosses:
 
 
 class TwoPassASR(nn.Module):
-    def __init__(self, cfg: ASRModelConfig, specaug: SpecAugmentConfig | None = SpecAugmentConfig()) -> None:
+    def __init__(
+        self,
+        cfg: ASRModelConfig,
+        specaug: SpecAugmentConfig | None = SpecAugmentConfig(),
+        gain: GainAugmentConfig | None = GainAugmentConfig(),
+    ) -> None:
+        """``specaug`` and ``gain`` are training-time augmentations (no weights); None turns them off."""
         super().__init__()
         self.cfg = cfg
+        self.gain = GainAugment(gain) if gain is not None else None
         self.frontend = LogMel(FeatureConfig(sample_rate=cfg.sample_rate, n_mels=cfg.n_mels))
         self.cmvn = GlobalCMVN(cfg.n_mels)
         self.specaug = SpecAugment(specaug) if specaug is not None else None
@@ -52,6 +61,8 @@ class TwoPassASR(nn.Module):
 
     def features(self, wave: torch.Tensor, wave_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, S) audio -> normalised log-mel (B, T, F), with SpecAugment in training mode."""
+        if self.gain is not None:
+            wave = self.gain(wave)
         feats, lengths = self.frontend(wave, wave_lengths)
         feats = self.cmvn(feats)
         if self.specaug is not None:
@@ -105,7 +116,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     if "model_config" not in ckpt:
         raise RuntimeError(f"{path}: not a sonus ASR checkpoint (no 'model_config')")
     cfg = ASRModelConfig.from_dict(ckpt["model_config"])
-    model = TwoPassASR(cfg, specaug=None)
+    model = TwoPassASR(cfg, specaug=None, gain=None)
     sd = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:

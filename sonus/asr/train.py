@@ -13,7 +13,7 @@ from sonus.asr.config import ASRModelConfig, EncoderConfig, JoinerConfig, LASCon
 from sonus.asr.decoding import DecodingOptions
 from sonus.asr.lightning import ASRLightning, OptimConfig, TrainOptions, seed_everything
 from sonus.asr.model import TwoPassASR
-from sonus.audio.features import SpecAugmentConfig
+from sonus.audio.features import GainAugmentConfig, SpecAugmentConfig
 from sonus.data.asr_dataset import ASRDataset, collate, encode_transcripts
 from sonus.data.manifest import read_manifest
 from sonus.data.sampler import DurationBucketSampler
@@ -91,14 +91,15 @@ def train(cfg: DictConfig) -> Path:
     train_texts = [normalize_text(u.text, **norm) for u in train_utts]
     dev_texts = [normalize_text(u.text, **norm) for u in dev_utts]
     tok = _tokenizer(cfg, train_texts, out)
-    train_ds = ASRDataset(train_utts, encode_transcripts(train_utts, tok, d.train_manifest, norm), train_texts, d.sample_rate, d.skip_bad)
+    speed = d.get("speed_perturb")
+    train_ds = ASRDataset(train_utts, encode_transcripts(train_utts, tok, d.train_manifest, norm), train_texts, d.sample_rate, d.skip_bad, speed)
     dev_ds = ASRDataset(dev_utts, encode_transcripts(dev_utts, tok, d.dev_manifest, norm), dev_texts, d.sample_rate, d.skip_bad)
     log.info("train: %d utterances (%.2f h); dev: %d; vocabulary %d", len(train_utts), sum(u.duration for u in train_utts) / 3600, len(dev_utts), tok.vocab_size)
 
     model_cfg = model_config_from(cfg.model, tok.vocab_size, int(d.n_mels), int(d.sample_rate))
-    sa = cfg.model.get("specaugment")
-    model = TwoPassASR(model_cfg, SpecAugmentConfig(**sa) if sa else SpecAugmentConfig())
-    _fit_cmvn(model, train_ds)
+    sa, gain = cfg.model.get("specaugment"), cfg.model.get("gain_augment")
+    model = TwoPassASR(model_cfg, SpecAugmentConfig(**sa) if sa else None, GainAugmentConfig(**gain) if gain else None)
+    _fit_cmvn(model, ASRDataset(train_utts, train_ds.tokens, train_texts, d.sample_rate, d.skip_bad))
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: %.2fM parameters", n_params / 1e6)
 

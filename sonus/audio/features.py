@@ -93,15 +93,44 @@ class GlobalCMVN(nn.Module):
         self.register_buffer("inv_std", torch.ones(dim))
 
     @torch.no_grad()
-    def fit(self, feats: torch.Tensor, lengths: torch.Tensor) -> None:
-        """Set the statistics from (B, T, F) features with valid lengths (B,)."""
+    def fit(self, feats: torch.Tensor, lengths: torch.Tensor, min_std: float = 1.0) -> None:
+        """Set the statistics from (B, T, F) features with valid lengths (B,).
+
+        ``min_std`` (log-mel units; speech bins have 2-4) keeps empty bins, e.g. above 4 kHz
+        in 8 kHz audio, from being amplified into noise that differs between recordings.
+        """
         mask = torch.arange(feats.shape[1], device=feats.device)[None, :] < lengths[:, None]
         x = feats[mask].double()  # (N, F)
         self.mean.copy_(x.mean(0).float())
-        self.inv_std.copy_((1.0 / (x.std(0) + 1e-5)).float())
+        self.inv_std.copy_((1.0 / x.std(0).clamp(min=min_std)).float())
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         return (feats - self.mean) * self.inv_std
+
+
+@dataclass(frozen=True)
+class GainAugmentConfig:
+    min_db: float = -25.0
+    max_db: float = 6.0
+
+
+class GainAugment(nn.Module):
+    """Random per-utterance gain (training only).
+
+    A gain is a constant offset on every log-mel bin; recordings differ by 20 dB or more
+    (FSDD's speakers do), and global CMVN does not remove it, so the model must see it.
+    """
+
+    def __init__(self, cfg: GainAugmentConfig = GainAugmentConfig()) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        """wave (B, S) -> same, each row scaled by 10 ** (g / 20), g ~ U(min_db, max_db)."""
+        if not self.training:
+            return wave
+        g = torch.empty(wave.shape[0], 1, device=wave.device).uniform_(self.cfg.min_db, self.cfg.max_db)
+        return wave * torch.pow(10.0, g / 20.0).to(wave.dtype)
 
 
 @dataclass(frozen=True)

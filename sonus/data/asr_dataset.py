@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
+from sonus.audio.augment import speed_perturb
 from sonus.audio.io import AudioError, load_audio
 from sonus.data.manifest import Utterance
 from sonus.text.normalize import normalize_text
@@ -49,13 +50,18 @@ def encode_transcripts(utts: list[Utterance], tokenizer: Tokenizer, manifest: st
 
 
 class ASRDataset(Dataset):
-    """Items are (id, text, wave, tokens). With ``skip_bad``, an unreadable file is logged and skipped."""
+    """Items are (id, text, wave, tokens). With ``skip_bad``, an unreadable file is logged and skipped.
+
+    ``speed_factors``: training-time speed perturbation, one factor drawn per item.
+    """
 
     def __init__(
-        self, utts: list[Utterance], tokens: list[list[int]], texts: list[str], sample_rate: int = 16000, skip_bad: bool = False
-    ) -> None:
+        self, utts: list[Utterance], tokens: list[list[int]], texts: list[str], sample_rate: int = 16000,
+        skip_bad: bool = False, speed_factors: tuple[float, ...] | None = None,
+    ) -> None:  # fmt: skip
         self.utts, self.tokens, self.texts = utts, tokens, texts
         self.sample_rate, self.skip_bad = sample_rate, skip_bad
+        self.speed_factors = tuple(speed_factors) if speed_factors else None
         self.bad: list[str] = []
 
     def __len__(self) -> int:
@@ -71,6 +77,9 @@ class ASRDataset(Dataset):
             log.warning("skipping utterance %s: %s", u.id, e)
             self.bad.append(u.id)
             return None
+        if self.speed_factors:
+            factor = self.speed_factors[int(torch.randint(len(self.speed_factors), ()))]
+            wave = speed_perturb(wave, factor, self.sample_rate)
         return u.id, self.texts[i], wave, self.tokens[i]
 
 

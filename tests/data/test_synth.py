@@ -12,6 +12,7 @@ import soundfile as sf
 
 from sonus.data.manifest import read_manifest
 from sonus.data.recipes import synth
+from sonus.audio import espeak
 from sonus.data.recipes.synth import fit_silence, list_voices, mix_at_snr, prepare_synth
 from sonus.data.recipes.text_gen import (
     TEXT_RE,
@@ -117,7 +118,7 @@ def test_same_seed_same_bytes_other_seed_other_corpus(corpus, tmp_path):
 
 def test_workers_are_spawned_when_this_process_has_synthesised(corpus, tmp_path, monkeypatch):
     root, _ = corpus
-    monkeypatch.setattr(synth, "_SYNTHESIZED_HERE", True)  # as after get_engine().synthesize(...) here
+    monkeypatch.setattr(espeak, "_SYNTHESIZED_HERE", True)  # as after get_engine().synthesize(...) here
     prepare_synth(tmp_path, seed=7, num_workers=2, **SMALL)
     assert (root / "test.jsonl").read_bytes() == (tmp_path / "test.jsonl").read_bytes()
     assert _wav_bytes(root) == _wav_bytes(tmp_path)
@@ -208,7 +209,7 @@ def test_noise_is_mixed_at_an_snr_in_range(tmp_path):
 
 def test_missing_library_raises_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="pip install espeakng-loader"):
-        synth.EspeakEngine(library_path=str(tmp_path / "libespeak-ng.so"), data_path=str(tmp_path))
+        espeak.EspeakEngine(library_path=str(tmp_path / "libespeak-ng.so"), data_path=str(tmp_path))
     monkeypatch.setattr(synth, "espeak_paths", lambda: (str(tmp_path / "libespeak-ng.so"), str(tmp_path)))
     with pytest.raises(RuntimeError, match="pip install espeakng-loader"):
         prepare_synth(tmp_path / "out", **SMALL)

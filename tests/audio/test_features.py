@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import math
+
+import torch
+
+from sonus.audio.features import FeatureConfig, GlobalCMVN, LogMel, SpecAugment, SpecAugmentConfig
+
+
+def test_logmel_shape_and_peak_bin():
+    cfg = FeatureConfig()
+    fe = LogMel(cfg)
+    t = torch.arange(16000) / 16000
+    wave = torch.sin(2 * math.pi * 1000 * t)[None]
+    feats, frames = fe(wave, torch.tensor([16000]))
+    assert feats.shape == (1, 100, 80) and frames.tolist() == [100]
+    peak = int(feats[0, 50].argmax())
+    centers = fe.fbank.argmax(0)  # FFT bin with each filter's peak
+    assert abs(int(centers[peak]) * 16000 / cfg.n_fft - 1000) < 60
+
+
+def test_causal_frames_ignore_what_follows():
+    fe = LogMel()
+    wave = torch.randn(1, 8000)
+    longer = torch.cat([wave, torch.randn(1, 4000)], dim=1)
+    a, n = fe(wave, torch.tensor([8000]))
+    b, _ = fe(longer, torch.tensor([12000]))
+    torch.testing.assert_close(a[0, : n[0]], b[0, : n[0]])
+
+
+def test_cmvn_fit_normalises():
+    x = torch.randn(4, 50, 80) * 3 + 7
+    cmvn = GlobalCMVN(80)
+    cmvn.fit(x, torch.full((4,), 50))
+    y = cmvn(x)
+    assert abs(float(y.mean())) < 1e-3 and abs(float(y.std()) - 1) < 1e-2
+    flat = torch.randn(4, 50, 80) * 1e-3  # an empty band: no amplification of its noise
+    cmvn.fit(flat, torch.full((4,), 50))
+    assert float(cmvn.inv_std.max()) <= 1.0
+
+
+def test_specaugment_masks_only_in_training():
+    sa = SpecAugment(SpecAugmentConfig(freq_masks=2, freq_width=10, time_masks=2, time_width=0.2))
+    x = torch.ones(2, 100, 80)
+    sa.train()
+    y = sa(x, torch.tensor([100, 60]))
+    assert (y == 0).any() and (y == 1).any()
+    sa.eval()
+    assert torch.equal(sa(x, torch.tensor([100, 60])), x)
