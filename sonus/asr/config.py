@@ -55,6 +55,7 @@ class ASRModelConfig:
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
     joiner: JoinerConfig = field(default_factory=JoinerConfig)
     las: LASConfig = field(default_factory=LASConfig)
+    ctc_head: bool = False  # a CTC projection on the shared encoder (auxiliary loss)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -125,6 +125,8 @@ def las_sequence_logprob(out: LASOutput, targets: torch.Tensor, target_lengths: 
 
 
 def las_loss(out: LASOutput, targets: torch.Tensor, target_lengths: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Token-level cross entropy (mean over tokens incl. <eos>), fp32."""
+    """Token-level cross entropy (teacher forcing, <eos> included), summed over each
+    utterance and averaged over the batch, in fp32."""
     tgt = las_targets(targets, target_lengths)
-    return F.cross_entropy(out.logits.float().transpose(1, 2), tgt, ignore_index=-100, label_smoothing=label_smoothing)
+    ce = F.cross_entropy(out.logits.float().transpose(1, 2), tgt, ignore_index=-100, label_smoothing=label_smoothing, reduction="sum")
+    return ce / tgt.shape[0]

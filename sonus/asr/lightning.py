@@ -72,6 +72,8 @@ class ASRLightning(pl.LightningModule):
         parts = {"rnnt": out.rnnt}
         if self.has_las and out.las is not None:
             parts["las"] = out.las
+        if out.ctc is not None:
+            parts["ctc"] = out.ctc
         total = sum(w.get(k, 0.0) * v for k, v in parts.items())  # the one place losses are summed
         return total, parts, enc, out
 
@@ -88,6 +90,8 @@ class ASRLightning(pl.LightningModule):
         self.log("train/loss_rnnt", parts["rnnt"], batch_size=bs)
         if "las" in parts:
             self.log("train/loss_las", parts["las"], batch_size=bs)
+        if "ctc" in parts:
+            self.log("train/loss_ctc", parts["ctc"], batch_size=bs)
         self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
         if self.global_step % 10 == 0:
             self.curves["train/loss_total"].append((self.global_step, float(total.detach())))

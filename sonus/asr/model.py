@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sonus.asr.config import ASRModelConfig
@@ -38,6 +39,7 @@ class ASRLosses:
     rnnt: torch.Tensor
     las: torch.Tensor | None
     las_output: LASOutput | None
+    ctc: torch.Tensor | None = None
 
 
 class TwoPassASR(nn.Module):
@@ -58,6 +60,7 @@ class TwoPassASR(nn.Module):
         self.predictor = Predictor(cfg.vocab_size, cfg.predictor)
         self.joiner = Joiner(self.encoder.out_dim, self.predictor.out_dim, cfg.joiner.hidden, cfg.vocab_size)
         self.las = LAS(self.encoder.out_dim, cfg.vocab_size, cfg.las) if cfg.las.enabled else None
+        self.ctc = nn.Linear(self.encoder.out_dim, cfg.vocab_size) if cfg.ctc_head else None
 
     def features(self, wave: torch.Tensor, wave_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, S) audio -> normalised log-mel (B, T, F), with SpecAugment in training mode."""
@@ -77,14 +80,24 @@ class TwoPassASR(nn.Module):
     def losses(
         self, enc: EncoderOutput, targets: torch.Tensor, target_lengths: torch.Tensor, label_smoothing: float = 0.0
     ) -> ASRLosses:
-        """targets (B, U) padded with blank; both losses in fp32."""
+        """targets (B, U) padded with blank; losses in fp32.
+
+        Every loss is a per-utterance sum averaged over the batch (ESPnet's
+        ``normalize_length=False``), so the weights in L = sum_k lambda_k * L_k compare like with like.
+        """
         pred = self.predictor(targets)  # (B, U+1, H)
         logits = self.joiner(enc.enc, pred)  # (B, T, U+1, V)
         l_rnnt = rnnt_loss(logits, targets.int(), enc.lengths.int(), target_lengths.int(), blank=BLANK)
+        l_ctc = None
+        if self.ctc is not None:
+            with torch.autocast(device_type=enc.enc.device.type, enabled=False):
+                lp = torch.log_softmax(self.ctc(enc.enc.float()), dim=-1).transpose(0, 1)  # (T, B, V)
+                l_ctc = F.ctc_loss(lp, targets, enc.lengths, target_lengths, blank=BLANK, reduction="sum", zero_infinity=True)
+                l_ctc = l_ctc / targets.shape[0]  # per utterance, like the RNN-T loss
         if self.las is None:
-            return ASRLosses(l_rnnt, None, None)
+            return ASRLosses(l_rnnt, None, None, l_ctc)
         out = self.las(enc.enc, enc.lengths, targets)
-        return ASRLosses(l_rnnt, las_loss(out, targets, target_lengths, label_smoothing), out)
+        return ASRLosses(l_rnnt, las_loss(out, targets, target_lengths, label_smoothing), out, l_ctc)
 
 
 def save_model(path: str | Path, model: TwoPassASR, tokenizer: Tokenizer, extra: dict | None = None) -> None:

@@ -42,6 +42,7 @@ def model_config_from(m: DictConfig, vocab_size: int, n_mels: int, sample_rate: 
             attention=las.attention,
             dropout=m.dropout,
         ),
+        ctc_head=float(m.loss_weights.get("ctc", 0.0)) > 0,
     )
 
 

@@ -8,29 +8,26 @@ import lightning.pytorch as pl
 
 
 class TimeBudget(pl.Callback):
-    """Stop at an epoch boundary when the next epoch would overrun ``minutes``.
+    """Stop after a validation when the next training + validation round would overrun ``minutes``.
 
-    Unlike ``Trainer(max_time=...)``, which stops mid-epoch, the run ends after a
+    Unlike ``Trainer(max_time=...)``, which stops mid-round, the run ends right after a
     validation, so the best checkpoint reflects all the training that was done.
     """
 
     def __init__(self, minutes: float) -> None:
         self.budget = minutes * 60.0
-        self.start = 0.0
-        self.epoch_start = 0.0
+        self.start = self.last = 0.0
         self.longest = 0.0
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        self.start = time.monotonic()
+        self.start = self.last = time.monotonic()
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.epoch_start = time.monotonic()
-
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+    def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
         now = time.monotonic()
-        self.longest = max(self.longest, now - self.epoch_start)
+        self.longest = max(self.longest, now - self.last)  # one round: training since the last validation + this one
+        self.last = now
         if now - self.start + self.longest > self.budget:
             trainer.should_stop = True
 

@@ -52,6 +52,7 @@ def build_trainer(cfg: Any, output_dir: Path, monitor: str, mode: str = "min") -
         log_every_n_steps=int(t.get("log_every_n_steps", 10)),
         num_sanity_val_steps=int(t.get("num_sanity_val_steps", 0)),
         limit_val_batches=t.get("limit_val_batches", 1.0),
+        val_check_interval=t.get("val_check_interval", 1.0),
         use_distributed_sampler=False,  # our duration sampler shards by rank itself
         plugins=[AtomicCheckpointIO()],
         enable_model_summary=t.get("model_summary", True),

@@ -7,7 +7,8 @@ import torch
 
 from sonus.asr.decoding import Decoder, DecodingOptions
 from sonus.asr.decoding.las import LASBeamSearch, combine, las_score_nbest
-from sonus.asr.decoding.rnnt import GreedySearch, ModifiedBeamSearch
+from sonus.asr.decoding.rnnt import BeamSearch, GreedySearch, ModifiedBeamSearch
+from sonus.asr.loss import rnnt_loss
 from sonus.asr.las import las_sequence_logprob
 from sonus.asr.model import TwoPassASR
 from sonus.text.tokenizer import CharTokenizer
@@ -31,7 +32,7 @@ def setup():
 
 def test_batched_equals_single(setup):
     model, _, enc = setup
-    for search in (GreedySearch(3), ModifiedBeamSearch(4)):
+    for search in (GreedySearch(3), ModifiedBeamSearch(4), BeamSearch(4, 2)):
         batched = search(model.predictor, model.joiner, enc.enc, enc.lengths)
         for b in range(3):
             T = int(enc.lengths[b])
@@ -98,3 +99,19 @@ def test_decoder_options_validated_and_texts_filled(setup):
     for r in first + final:
         assert r.best.text == tok.decode(r.best.tokens)
     assert all(h.las_score is not None for r in final for h in r.nbest)
+
+
+def test_beam_scores_never_exceed_the_sequence_probability(setup):
+    """A hypothesis' score sums some of its alignments (<= 2 labels per frame): <= log P(y|x)."""
+    model, _, enc = setup
+    res = BeamSearch(4, max_symbols=2)(model.predictor, model.joiner, enc.enc, enc.lengths)
+    checked = 0
+    for b, r in enumerate(res):
+        T = int(enc.lengths[b])
+        for h in r.nbest:
+            y = torch.tensor([h.tokens], dtype=torch.long)
+            logits = model.joiner(enc.enc[b : b + 1, :T], model.predictor(y))
+            logp = -rnnt_loss(logits, y.int(), torch.tensor([T]), torch.tensor([len(h.tokens)]), reduction="sum")
+            assert h.score <= float(logp) + 1e-4, (h.score, float(logp))
+            checked += 1
+    assert checked == 12

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from sonus.asr.decoding.las import LASBeamSearch, combine, las_score_nbest
-from sonus.asr.decoding.rnnt import GreedySearch, ModifiedBeamSearch
+from sonus.asr.decoding.rnnt import BeamSearch, GreedySearch, ModifiedBeamSearch
 from sonus.asr.decoding.types import DecodeResult, DecodingOptions, Hypothesis
 from sonus.asr.model import EncoderOutput, TwoPassASR
 from sonus.text.tokenizer import Tokenizer
@@ -21,10 +21,12 @@ class Decoder:
 
     def __init__(self, model: TwoPassASR, tokenizer: Tokenizer, options: DecodingOptions) -> None:
         self.model, self.tokenizer, self.opts = model, tokenizer, options
-        if options.strategy == "greedy":
-            self.first = GreedySearch(options.max_symbols_per_frame)
-        else:
-            self.first = ModifiedBeamSearch(options.beam_size)
+        strategies = {
+            "greedy": lambda: GreedySearch(options.max_symbols_per_frame),
+            "modified_beam": lambda: ModifiedBeamSearch(options.beam_size),
+            "beam": lambda: BeamSearch(options.beam_size, options.max_symbols_per_frame),
+        }
+        self.first = strategies[options.strategy]()
         if options.second_pass != "none" and model.las is None:
             raise ValueError("decoding.second_pass needs a model with LAS (model.las.enabled=true)")
 

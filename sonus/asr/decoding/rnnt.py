@@ -8,6 +8,8 @@ Shapes: B batch, K beam, T encoder frames, V vocabulary, H hidden.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from sonus.asr.decoding.types import DecodeResult, Hypothesis
@@ -58,11 +60,73 @@ class GreedySearch:
         return [DecodeResult([Hypothesis(tokens[b], float(scores[b]), float(scores[b]))]) for b in range(B)]
 
 
+@dataclass
+class _Beam:
+    """K hypotheses per utterance for B utterances, all in one (B*K) predictor batch.
+
+    ``scores`` and ``closed`` live on the CPU (they drive Python-side merging); the
+    predictor state and projected outputs live on the model's device.
+    """
+
+    scores: torch.Tensor  # (B, K) log-probabilities; -inf marks an empty slot
+    hyps: list[list[tuple[int, ...]]]  # [B][K] label sequences
+    state: tuple[torch.Tensor, ...]  # predictor state, (layers, B*K, H) each
+    pred_p: torch.Tensor  # (B*K, J) projected predictor output
+
+    @classmethod
+    def start(cls, predictor: Predictor, joiner: Joiner, B: int, K: int, device: torch.device) -> "_Beam":
+        state = predictor.initial_state(B * K, device)
+        out, state = predictor.step(torch.full((B * K,), BLANK, dtype=torch.long, device=device), state)
+        scores = torch.full((B, K), float("-inf"))
+        scores[:, 0] = 0.0
+        return cls(scores, [[()] * K for _ in range(B)], state, joiner.pred_proj(out))
+
+    def log_probs(self, joiner: Joiner, enc_p_t: torch.Tensor) -> torch.Tensor:
+        """enc_p_t (B, J) -> (B, K, V) log-probabilities of every hypothesis' next symbol, on the CPU."""
+        B, K = self.scores.shape
+        return torch.log_softmax(joiner.joint(enc_p_t[:, None, :], self.pred_p.view(B, K, -1)).float(), dim=-1).cpu()
+
+    def advance(self, predictor: Predictor, joiner: Joiner, src: torch.Tensor, label: torch.Tensor) -> None:
+        """Slot (b, k) now extends hypothesis ``src[b, k]`` (flat index) with ``label[b, k]`` (blank: no label)."""
+        dev = self.pred_p.device
+        src_d, label_d = src.view(-1).to(dev), label.view(-1).to(dev)
+        self.state = _select_state(self.state, src_d)
+        self.pred_p = self.pred_p[src_d]
+        emit = label_d != BLANK
+        if bool(emit.any()):
+            out, new_state = predictor.step(label_d, self.state)
+            self.state = _merge_state(new_state, self.state, emit)
+            self.pred_p = torch.where(emit[:, None], joiner.pred_proj(out), self.pred_p)
+
+    def results(self) -> list[DecodeResult]:
+        out = []
+        for b, row in enumerate(self.scores.tolist()):
+            order = sorted(range(len(row)), key=lambda k: -row[k])
+            out.append(DecodeResult([Hypothesis(list(self.hyps[b][k]), row[k], row[k]) for k in order if row[k] > float("-inf")]))
+        return out
+
+
+def _fill_slots(candidates, K: int) -> list[tuple[float, int, tuple, object]]:
+    """Best-first (score, source, key, payload) candidates -> at most K slots, duplicates of a
+    key merged by log-sum-exp (two paths to the same hypothesis add up)."""
+    slots: list[list] = []
+    where: dict = {}
+    for score, src, key, payload in candidates:
+        if score == float("-inf"):
+            break
+        if key in where:
+            slot = slots[where[key]]
+            slot[0] = float(torch.logaddexp(torch.tensor(slot[0]), torch.tensor(score)))
+        elif len(slots) < K:
+            where[key] = len(slots)
+            slots.append([score, src, key, payload])
+    return [tuple(x) for x in slots]
+
+
 class ModifiedBeamSearch:
     """Beam search with at most one label per frame (icefall's modified_beam_search).
 
-    Hypotheses of all utterances live in one (B*K) batch; duplicates (the same label
-    sequence reached by two paths) are merged by log-sum-exp of their scores.
+    Emitting a label also moves to the next frame, so a frame costs one joiner call.
     """
 
     def __init__(self, beam_size: int = 4) -> None:
@@ -71,64 +135,89 @@ class ModifiedBeamSearch:
     @torch.no_grad()
     def __call__(self, predictor: Predictor, joiner: Joiner, enc: torch.Tensor, lengths: torch.Tensor) -> list[DecodeResult]:
         B, T, _ = enc.shape
-        K, dev = self.K, enc.device
+        K = self.K
         enc_p = joiner.enc_proj(enc)  # (B, T, J)
-        state = predictor.initial_state(B * K, dev)
-        out, state = predictor.step(torch.full((B * K,), BLANK, dtype=torch.long, device=dev), state)
-        pred_p = joiner.pred_proj(out)  # (B*K, J)
-        scores = torch.full((B, K), float("-inf"), device=dev)
-        scores[:, 0] = 0.0
-        hyps: list[list[tuple[int, ...]]] = [[()] * K for _ in range(B)]
+        beam = _Beam.start(predictor, joiner, B, K, enc.device)
         for t in range(T):
-            active = t < lengths  # (B,)
+            active = (t < lengths).cpu()
             if not bool(active.any()):
                 break
-            lp = torch.log_softmax(joiner.joint(enc_p[:, t, None, :], pred_p.view(B, K, -1)).float(), dim=-1)  # (B, K, V)
+            lp = beam.log_probs(joiner, enc_p[:, t])  # (B, K, V)
             V = lp.shape[-1]
-            cand = (scores[:, :, None] + lp).view(B, K * V)
-            top_s, top_i = cand.topk(min(2 * K, K * V), dim=-1)  # extra candidates survive merging
-            top_s, top_i = top_s.cpu(), top_i.cpu()
-            new_scores = torch.full((B, K), float("-inf"))
-            src = torch.arange(B * K).view(B, K).clone()  # which old hypothesis each slot extends
+            top_s, top_i = (beam.scores[:, :, None] + lp).view(B, K * V).topk(min(2 * K, K * V), dim=-1)
+            src = torch.arange(B * K).view(B, K).clone()
             label = torch.full((B, K), BLANK, dtype=torch.long)
-            new_hyps = [list(h) for h in hyps]
             for b in range(B):
                 if not bool(active[b]):
-                    new_scores[b] = scores[b].cpu()
                     continue
-                merged: dict[tuple[int, ...], int] = {}
-                slot = 0
+                cands = []
                 for s, i in zip(top_s[b].tolist(), top_i[b].tolist()):
-                    if s == float("-inf"):
-                        break
                     k, v = divmod(i, V)
-                    seq = hyps[b][k] if v == BLANK else hyps[b][k] + (v,)
-                    if seq in merged:
-                        j = merged[seq]
-                        new_scores[b, j] = torch.logaddexp(new_scores[b, j], torch.tensor(s))
+                    seq = beam.hyps[b][k] if v == BLANK else beam.hyps[b][k] + (v,)
+                    cands.append((s, k, seq, v))
+                slots = _fill_slots(cands, K)
+                beam.scores[b] = float("-inf")
+                hyps = list(beam.hyps[b])
+                for j, (s, k, seq, v) in enumerate(slots):
+                    beam.scores[b, j], hyps[j], src[b, j], label[b, j] = s, seq, b * K + k, v
+                beam.hyps[b] = hyps
+            beam.advance(predictor, joiner, src, label)
+        return beam.results()
+
+
+class BeamSearch:
+    """Time-synchronous beam search with up to ``max_symbols`` labels per frame.
+
+    The standard transducer topology: within frame t a hypothesis emits labels, then a
+    blank that moves it to t+1 (time-synchronous decoding, Saon et al. 2020). Each frame
+    runs ``max_symbols + 1`` rounds over the beam: a hypothesis that took its blank is
+    "closed" and carried over unchanged, and the last round only allows blank.
+    """
+
+    def __init__(self, beam_size: int = 4, max_symbols: int = 2) -> None:
+        self.K, self.max_symbols = beam_size, max_symbols
+
+    @torch.no_grad()
+    def __call__(self, predictor: Predictor, joiner: Joiner, enc: torch.Tensor, lengths: torch.Tensor) -> list[DecodeResult]:
+        B, T, _ = enc.shape
+        K = self.K
+        enc_p = joiner.enc_proj(enc)  # (B, T, J)
+        beam = _Beam.start(predictor, joiner, B, K, enc.device)
+        for t in range(T):
+            active = (t < lengths).cpu()
+            if not bool(active.any()):
+                break
+            closed = torch.zeros(B, K, dtype=torch.bool)
+            for rnd in range(self.max_symbols + 1):
+                if bool(closed[active].all()):
+                    break
+                lp = beam.log_probs(joiner, enc_p[:, t])  # (B, K, V)
+                V = lp.shape[-1]
+                ext = beam.scores[:, :, None] + lp  # open hypotheses extend ...
+                ext[closed] = float("-inf")
+                if rnd == self.max_symbols:  # ... with blank only in the last round
+                    ext[:, :, :BLANK] = float("-inf")
+                    ext[:, :, BLANK + 1 :] = float("-inf")
+                carry = torch.where(closed, beam.scores, float("-inf"))  # closed ones stay as they are
+                top_s, top_i = torch.cat([ext.view(B, K * V), carry], dim=1).topk(min(2 * K, K * V + K), dim=-1)
+                src = torch.arange(B * K).view(B, K).clone()
+                label = torch.full((B, K), BLANK, dtype=torch.long)
+                for b in range(B):
+                    if not bool(active[b]):
                         continue
-                    if slot == K:
-                        continue
-                    merged[seq] = slot
-                    new_hyps[b][slot] = seq
-                    new_scores[b, slot] = s
-                    src[b, slot] = b * K + k
-                    label[b, slot] = v
-                    slot += 1
-            src_d, label_d = src.view(-1).to(dev), label.view(-1).to(dev)
-            state = _select_state(state, src_d)
-            pred_p = pred_p[src_d]
-            emit = label_d != BLANK
-            if bool(emit.any()):
-                out, new_state = predictor.step(label_d, state)
-                state = _merge_state(new_state, state, emit)
-                pred_p = torch.where(emit[:, None], joiner.pred_proj(out), pred_p)
-            scores = new_scores.to(dev)
-            hyps = new_hyps
-        results = []
-        sc = scores.cpu()
-        for b in range(B):
-            order = sorted(range(K), key=lambda k: -float(sc[b, k]))
-            nbest = [Hypothesis(list(hyps[b][k]), float(sc[b, k]), float(sc[b, k])) for k in order if sc[b, k] > float("-inf")]
-            results.append(DecodeResult(nbest))
-        return results
+                    cands = []
+                    for s, i in zip(top_s[b].tolist(), top_i[b].tolist()):
+                        k, v = (i - K * V, BLANK) if i >= K * V else divmod(i, V)
+                        done = i >= K * V or v == BLANK
+                        seq = beam.hyps[b][k] if done else beam.hyps[b][k] + (v,)
+                        cands.append((s, k, (seq, done), v if i < K * V else BLANK))
+                    slots = _fill_slots(cands, K)
+                    beam.scores[b] = float("-inf")
+                    closed[b] = True  # empty slots never extend
+                    hyps = list(beam.hyps[b])
+                    for j, (s, k, (seq, done), v) in enumerate(slots):
+                        beam.scores[b, j], hyps[j], closed[b, j] = s, seq, done
+                        src[b, j], label[b, j] = b * K + k, v
+                    beam.hyps[b] = hyps
+                beam.advance(predictor, joiner, src, label)
+        return beam.results()

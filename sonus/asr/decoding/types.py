@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-Strategy = Literal["greedy", "modified_beam"]
+Strategy = Literal["greedy", "modified_beam", "beam"]
 SecondPass = Literal["none", "rescore", "las_beam"]
 
 
@@ -15,7 +15,7 @@ class DecodingOptions:
 
     strategy: Strategy = "modified_beam"
     beam_size: int = 4
-    max_symbols_per_frame: int = 3  # greedy only
+    max_symbols_per_frame: int = 3  # greedy and beam; modified_beam emits at most one
     second_pass: SecondPass = "rescore"
     las_weight: float = 0.5
     las_beam_size: int = 4
@@ -23,8 +23,8 @@ class DecodingOptions:
     length_bonus: float = 0.0  # added per token to the rescored score
 
     def __post_init__(self) -> None:
-        if self.strategy not in ("greedy", "modified_beam"):
-            raise ValueError(f"decoding.strategy must be 'greedy' or 'modified_beam', got {self.strategy!r}")
+        if self.strategy not in ("greedy", "modified_beam", "beam"):
+            raise ValueError(f"decoding.strategy must be 'greedy', 'modified_beam' or 'beam', got {self.strategy!r}")
         if self.second_pass not in ("none", "rescore", "las_beam"):
             raise ValueError(f"decoding.second_pass must be 'none', 'rescore' or 'las_beam', got {self.second_pass!r}")
         if not 0.0 <= self.las_weight <= 1.0:
