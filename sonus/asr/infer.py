@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from sonus.asr.decoding import DecodeResult, Decoder, DecodingOptions, combine
-from sonus.asr.model import TwoPassASR, load_model
+from sonus.asr.model import TwoPassASR, load_checkpoint
 from sonus.data.asr_dataset import ASRDataset, collate
 from sonus.data.manifest import read_manifest
 from sonus.data.sampler import DurationBucketSampler
@@ -39,11 +39,6 @@ class DecodeSummary:
     final: ErrorRates
     las_weight: float | None
     output_path: str
-
-
-def checkpoint_normalize(path: str | Path) -> dict:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    return dict(ckpt.get("sonus", {}).get("normalize", {"lowercase": True, "remove_punctuation": True}))
 
 
 @torch.no_grad()
@@ -128,8 +123,8 @@ def run_decode(mode: str, cfg) -> DecodeSummary:
     from sonus.asr.train import decoding_options_from
 
     torch.set_num_threads(int(cfg.get("num_threads") or torch.get_num_threads()))
-    model, tok = load_model(cfg.model.checkpoint, map_location=cfg.model.get("device", "cpu"))
-    norm = checkpoint_normalize(cfg.model.checkpoint)
+    ck = load_checkpoint(cfg.model.checkpoint, map_location=cfg.model.get("device", "cpu"))
+    model, tok, norm = ck.model, ck.tokenizer, ck.normalize
     opts = decoding_options_from(cfg.decoding, default_second_pass="rescore" if mode == "two_pass" else "none")
     if mode == "rnnt":
         opts = replace(opts, second_pass="none", beam_size=int(cfg.decoding.beam_size))

@@ -77,7 +77,7 @@ class ASRLightning(pl.LightningModule):
         total = sum(w.get(k, 0.0) * v for k, v in parts.items())  # the one place losses are summed
         return total, parts, enc, out
 
-    def _decode_texts(self, batch: ASRBatch, enc) -> tuple[list[str], list[str]]:
+    def _decode_texts(self, enc) -> tuple[list[str], list[str]]:
         first, final = Decoder(self.model, self.tokenizer, self.decoding).decode_encoded(enc)
         return [r.best.text if r.nbest else "" for r in first], [r.best.text if r.nbest else "" for r in final]
 
@@ -107,7 +107,7 @@ class ASRLightning(pl.LightningModule):
         self.model.eval()
         try:
             enc = self.model.encode(batch.wave[:n], batch.wave_lengths[:n])
-            first, final = self._decode_texts(batch, enc)
+            first, final = self._decode_texts(enc)
         finally:
             self.model.train(was_training)
         refs = batch.texts[:n]
@@ -135,7 +135,7 @@ class ASRLightning(pl.LightningModule):
             labels = [self.tokenizer.decode([t]) or "·" for t in toks] + ["</s>"]
             self._val_attention = (out.las_output.attention[0, :U, :T].float().cpu().numpy(), batch.ids[0], labels)
         if len(self._val_refs) < self.opts.val_decode_max_utts:
-            first, final = self._decode_texts(batch, enc)
+            first, final = self._decode_texts(enc)
             self._val_refs += batch.texts
             self._val_first += first
             self._val_final += final

@@ -100,11 +100,15 @@ class TwoPassASR(nn.Module):
         return ASRLosses(l_rnnt, las_loss(out, targets, target_lengths, label_smoothing), out, l_ctc)
 
 
-def save_model(path: str | Path, model: TwoPassASR, tokenizer: Tokenizer, extra: dict | None = None) -> None:
-    """A self-contained checkpoint: config, weights and tokenizer; written atomically."""
+def save_model(
+    path: str | Path, model: TwoPassASR, tokenizer: Tokenizer, normalize: dict | None = None, extra: dict | None = None
+) -> None:
+    """A self-contained checkpoint: config, weights, tokenizer, text normalisation; written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"model_config": model.cfg.to_dict(), "state_dict": model.state_dict(), "tokenizer": tokenizer_to_tensor(tokenizer)}
+    if normalize is not None:
+        state["normalize"] = dict(normalize)
     if extra:
         state.update(extra)
     tmp = path.with_name(path.name + ".tmp")
@@ -112,7 +116,16 @@ def save_model(path: str | Path, model: TwoPassASR, tokenizer: Tokenizer, extra:
     tmp.replace(path)
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[TwoPassASR, Tokenizer]:
+@dataclass
+class ASRCheckpoint:
+    """What a checkpoint holds: the model (eval mode), its tokenizer and the text normalisation."""
+
+    model: TwoPassASR
+    tokenizer: Tokenizer
+    normalize: dict
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> ASRCheckpoint:
     """Load a checkpoint written by :func:`save_model` or by training (Lightning ``.ckpt``).
 
     Only tensors and plain containers are read (``weights_only=True``).
@@ -135,4 +148,11 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     if missing or unexpected:
         raise RuntimeError(f"{path}: weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.eval()
-    return model, tokenizer_from_tensor(ckpt["tokenizer"])
+    normalize = dict(ckpt.get("normalize", {"lowercase": True, "remove_punctuation": True}))
+    return ASRCheckpoint(model, tokenizer_from_tensor(ckpt["tokenizer"]), normalize)
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[TwoPassASR, Tokenizer]:
+    """(model, tokenizer) of a checkpoint; see :func:`load_checkpoint`."""
+    ck = load_checkpoint(path, map_location)
+    return ck.model, ck.tokenizer

@@ -60,7 +60,7 @@ class CharTokenizer:
         return "".join(self.chars[i - 3] for i in ids if i >= 3 and i - 3 < len(self.chars))
 
     def to_bytes(self) -> bytes:
-        return "\n".join(self.chars).encode("utf-8") if "\n" not in self.chars else b""
+        return "\n".join(self.chars).encode("utf-8")  # texts are normalised: no newline among the chars
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "CharTokenizer":

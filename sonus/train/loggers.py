@@ -31,7 +31,7 @@ def build_loggers(cfg: Any, output_dir: str | Path) -> list[Logger]:
                 name=cfg.wandb.get("run_name"),
                 save_dir=str(output_dir),
                 offline=mode != "online",
-                mode=mode,
+
             )
         )
     return loggers

@@ -1,0 +1,78 @@
+"""The shared training glue: schedules, plots, checkpoint I/O, the time budget."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from sonus.audio.augment import speed_perturb
+from sonus.train.callbacks import TimeBudget
+from sonus.train.checkpoint import AtomicCheckpointIO
+from sonus.train.plots import plot_attention, plot_curves
+from sonus.train.schedule import warmup_decay
+
+
+def test_warmup_then_decay():
+    f = warmup_decay(100, "noam")
+    assert f(0) == pytest.approx(0.01) and f(99) == pytest.approx(1.0)
+    assert f(399) == pytest.approx(0.5)  # sqrt(100 / 400)
+    c = warmup_decay(10, "cosine", total_steps=110, min_ratio=0.1)
+    assert c(9) == pytest.approx(1.0) and c(109) == pytest.approx(0.1, abs=1e-6)
+    assert warmup_decay(10, "constant")(1000) == 1.0
+    with pytest.raises(ValueError, match="total_steps"):
+        warmup_decay(10, "cosine")
+    with pytest.raises(ValueError, match="lr decay"):
+        warmup_decay(10, "linear")
+
+
+def test_plots_are_png(tmp_path):
+    a = plot_attention(torch.rand(5, 30).numpy(), tmp_path / "a.png", "t", ["a", "b", "c", "d", "</s>"])
+    c = plot_curves({"train": [(0, 3.0), (10, 2.0)], "val": [(10, 2.5)]}, tmp_path / "c.png")
+    for p in (a, c):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class _Evil:
+    """A pickled object in a checkpoint: weights_only loading must refuse it."""
+
+
+def test_atomic_checkpoint_round_trip_weights_only(tmp_path):
+    io = AtomicCheckpointIO()
+    ck = {"state_dict": {"w": torch.arange(3.0)}, "epoch": 2, "name": "x"}
+    io.save_checkpoint(ck, tmp_path / "last.ckpt")
+    assert not list(tmp_path.glob("*.tmp"))
+    got = io.load_checkpoint(tmp_path / "last.ckpt")
+    assert got["epoch"] == 2 and torch.equal(got["state_dict"]["w"], ck["state_dict"]["w"])
+
+    torch.save({"obj": _Evil()}, tmp_path / "evil.ckpt")
+    with pytest.raises(pickle.UnpicklingError):  # a pickled object is refused, never executed
+        io.load_checkpoint(tmp_path / "evil.ckpt")
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        io.load_checkpoint(tmp_path / "nope.ckpt")
+
+
+def test_time_budget_stops_before_overrun(monkeypatch):
+    clock = iter([0.0, 60.0, 130.0])
+    monkeypatch.setattr("sonus.train.callbacks.time.monotonic", lambda: next(clock))
+    cb = TimeBudget(minutes=3)
+    trainer = SimpleNamespace(sanity_checking=False, should_stop=False)
+    cb.on_fit_start(trainer, None)
+    cb.on_validation_end(trainer, None)  # t=60: 60 + 60 < 180, go on
+    assert not trainer.should_stop
+    cb.on_validation_end(trainer, None)  # t=130: 130 + 70 > 180, stop now
+    assert trainer.should_stop
+
+
+def test_speed_perturb_changes_length_and_pitch():
+    sr = 16000
+    t = torch.arange(sr) / sr
+    wave = torch.sin(2 * math.pi * 500 * t)
+    fast = speed_perturb(wave, 1.1, sr)
+    assert abs(fast.shape[0] - round(sr / 1.1)) <= 2
+    peak = torch.fft.rfft(fast).abs().argmax().item() * sr / fast.shape[0]
+    assert abs(peak - 550) < 5
+    assert speed_perturb(wave, 1.0, sr) is wave
