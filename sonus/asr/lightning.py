@@ -155,6 +155,9 @@ class ASRLightning(pl.LightningModule):
         for k, v in metrics.items():
             self.log(k, v, prog_bar=k in ("val/wer_rnnt", "val/wer_2pass"), sync_dist=True)
         self.log("epoch", float(self.current_epoch))
+        # best.ckpt follows the WER; the CER breaks ties (early on every WER is 100%).
+        key = "2pass" if self.has_las else "rnnt"
+        self.log("val/select", metrics[f"val/wer_{key}"] + 1e-3 * metrics[f"val/cer_{key}"], sync_dist=True)
         if self.trainer.sanity_checking:
             return
         self.curves["val/loss_total"].append((self.global_step, avg[0]))

@@ -25,9 +25,9 @@ def report(exp: str | Path) -> list[tuple[str, ErrorRates]]:
     if not rows:
         raise SystemExit(f"no decode summaries in {exp}")
     print_table(rows, f"held-out test set, {exp}")
-    plots = sorted((exp / "plots").glob("*.png"))
-    if plots:
-        print(f"plots: {exp / 'plots'}/ (loss_curve.png, {plots[-1].name}, ...)")
+    attention = sorted((exp / "plots").glob("attention_epoch*.png"))
+    if attention:
+        print(f"plots: {exp / 'plots'}/loss_curve.png and LAS attention per epoch, e.g. {attention[-1]}")
     print(f"per-utterance results: {exp}/decode_rnnt.jsonl, {exp}/decode_2pass.jsonl; TensorBoard: tensorboard --logdir {exp}/tensorboard")
     return rows
 

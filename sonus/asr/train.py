@@ -105,8 +105,7 @@ def train(cfg: DictConfig) -> Path:
     log.info("model: %.2fM parameters", n_params / 1e6)
 
     t = cfg.training
-    monitor = "val/wer_2pass" if model.las is not None else "val/wer_rnnt"
-    trainer = build_trainer(cfg, out, monitor=monitor)
+    trainer = build_trainer(cfg, out, monitor="val/select")  # val/wer_2pass (or _rnnt), ties broken by CER
     rank, world = trainer.global_rank, trainer.world_size
     train_sampler = DurationBucketSampler(
         [u.duration for u in train_utts], float(t.max_duration), int(t.batch_size), num_buckets=int(t.get("num_buckets", 10)),

@@ -98,6 +98,15 @@ class _Beam:
             self.state = _merge_state(new_state, self.state, emit)
             self.pred_p = torch.where(emit[:, None], joiner.pred_proj(out), self.pred_p)
 
+    def assign(self, b: int, slots: list[tuple], src: torch.Tensor, label: torch.Tensor) -> None:
+        """Utterance b's new beam from ``(score, k, seq, label)`` slots of :func:`_fill_slots`."""
+        K = self.scores.shape[1]
+        self.scores[b] = float("-inf")
+        hyps = list(self.hyps[b])
+        for j, (score, k, seq, v) in enumerate(slots):
+            self.scores[b, j], hyps[j], src[b, j], label[b, j] = score, seq, b * K + k, v
+        self.hyps[b] = hyps
+
     def results(self) -> list[DecodeResult]:
         out = []
         for b, row in enumerate(self.scores.tolist()):
@@ -155,12 +164,7 @@ class ModifiedBeamSearch:
                     k, v = divmod(i, V)
                     seq = beam.hyps[b][k] if v == BLANK else beam.hyps[b][k] + (v,)
                     cands.append((s, k, seq, v))
-                slots = _fill_slots(cands, K)
-                beam.scores[b] = float("-inf")
-                hyps = list(beam.hyps[b])
-                for j, (s, k, seq, v) in enumerate(slots):
-                    beam.scores[b, j], hyps[j], src[b, j], label[b, j] = s, seq, b * K + k, v
-                beam.hyps[b] = hyps
+                beam.assign(b, _fill_slots(cands, K), src, label)
             beam.advance(predictor, joiner, src, label)
         return beam.results()
 
@@ -212,12 +216,9 @@ class BeamSearch:
                         seq = beam.hyps[b][k] if done else beam.hyps[b][k] + (v,)
                         cands.append((s, k, (seq, done), v if i < K * V else BLANK))
                     slots = _fill_slots(cands, K)
-                    beam.scores[b] = float("-inf")
+                    beam.assign(b, [(sc, k, seq, v) for sc, k, (seq, _), v in slots], src, label)
                     closed[b] = True  # empty slots never extend
-                    hyps = list(beam.hyps[b])
-                    for j, (s, k, (seq, done), v) in enumerate(slots):
-                        beam.scores[b, j], hyps[j], closed[b, j] = s, seq, done
-                        src[b, j], label[b, j] = b * K + k, v
-                    beam.hyps[b] = hyps
+                    for j, (_, _, (_, done), _) in enumerate(slots):
+                        closed[b, j] = done
                 beam.advance(predictor, joiner, src, label)
         return beam.results()
