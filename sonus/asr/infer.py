@@ -60,7 +60,7 @@ def decode_manifest(
     except ImportError:  # pragma: no cover
         track = lambda x, **_: x  # noqa: E731
     for batch in track(dl, description=f"decoding {Path(manifest).name}", total=len(sampler)):
-        if batch is None:
+        if not len(batch):
             continue
         batch = batch.to(device)
         first, final = decoder.decode(batch.wave, batch.wave_lengths)

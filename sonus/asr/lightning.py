@@ -57,6 +57,8 @@ class ASRLightning(pl.LightningModule):
         self.decoding = decoding if has_las else DecodingOptions(
             strategy=decoding.strategy, beam_size=decoding.beam_size, second_pass="none"
         )
+        self.decoder = Decoder(model, tokenizer, self.decoding)
+        self.skipped: set[str] = set()  # ids of unreadable files dropped with data.skip_bad
         self.curves: dict[str, list[tuple[int, float]]] = {"train/loss_total": [], "val/loss_total": []}
         self._val_refs: list[str] = []
         self._val_first: list[str] = []
@@ -78,11 +80,12 @@ class ASRLightning(pl.LightningModule):
         return total, parts, enc, out
 
     def _decode_texts(self, enc) -> tuple[list[str], list[str]]:
-        first, final = Decoder(self.model, self.tokenizer, self.decoding).decode_encoded(enc)
+        first, final = self.decoder.decode_encoded(enc)
         return [r.best.text if r.nbest else "" for r in first], [r.best.text if r.nbest else "" for r in final]
 
-    def training_step(self, batch: ASRBatch | None, batch_idx: int):
-        if batch is None:  # every file in the batch was unreadable and skipped
+    def training_step(self, batch: ASRBatch, batch_idx: int):
+        self.skipped.update(batch.skipped)
+        if not len(batch):  # every file in the batch was unreadable and skipped
             return None
         total, parts, _, _ = self._losses(batch)
         bs = len(batch)
@@ -122,8 +125,9 @@ class ASRLightning(pl.LightningModule):
         self._val_refs, self._val_first, self._val_final, self._val_losses = [], [], [], []
         self._val_attention = None
 
-    def validation_step(self, batch: ASRBatch | None, batch_idx: int) -> None:
-        if batch is None:
+    def validation_step(self, batch: ASRBatch, batch_idx: int) -> None:
+        self.skipped.update(batch.skipped)
+        if not len(batch):
             return
         total, parts, enc, out = self._losses(batch)
         las = float(parts["las"]) if "las" in parts else 0.0

@@ -14,10 +14,9 @@ from sonus.asr.decoding import DecodingOptions
 from sonus.asr.lightning import ASRLightning, OptimConfig, TrainOptions, seed_everything
 from sonus.asr.model import TwoPassASR
 from sonus.audio.features import GainAugmentConfig, SpecAugmentConfig
-from sonus.data.asr_dataset import ASRDataset, collate, encode_transcripts
+from sonus.data.asr_dataset import ASRDataset, collate, encode_transcripts, normalize_transcripts
 from sonus.data.manifest import read_manifest
 from sonus.data.sampler import DurationBucketSampler
-from sonus.text.normalize import normalize_text
 from sonus.text.tokenizer import Tokenizer, load_tokenizer, save_tokenizer, train_tokenizer
 from sonus.train.trainer import build_trainer
 
@@ -89,12 +88,12 @@ def train(cfg: DictConfig) -> Path:
     dev_utts = read_manifest(d.dev_manifest)
     if d.get("max_train_utterances"):
         train_utts = train_utts[: int(d.max_train_utterances)]
-    train_texts = [normalize_text(u.text, **norm) for u in train_utts]
-    dev_texts = [normalize_text(u.text, **norm) for u in dev_utts]
+    train_texts = normalize_transcripts(train_utts, d.train_manifest, norm)
+    dev_texts = normalize_transcripts(dev_utts, d.dev_manifest, norm)
     tok = _tokenizer(cfg, train_texts, out)
     speed = d.get("speed_perturb")
-    train_ds = ASRDataset(train_utts, encode_transcripts(train_utts, tok, d.train_manifest, norm), train_texts, d.sample_rate, d.skip_bad, speed)
-    dev_ds = ASRDataset(dev_utts, encode_transcripts(dev_utts, tok, d.dev_manifest, norm), dev_texts, d.sample_rate, d.skip_bad)
+    train_ds = ASRDataset(train_utts, encode_transcripts(train_utts, train_texts, tok, d.train_manifest), train_texts, d.sample_rate, d.skip_bad, speed)
+    dev_ds = ASRDataset(dev_utts, encode_transcripts(dev_utts, dev_texts, tok, d.dev_manifest), dev_texts, d.sample_rate, d.skip_bad)
     log.info("train: %d utterances (%.2f h); dev: %d; vocabulary %d", len(train_utts), sum(u.duration for u in train_utts) / 3600, len(dev_utts), tok.vocab_size)
 
     model_cfg = model_config_from(cfg.model, tok.vocab_size, int(d.n_mels), int(d.sample_rate))
@@ -134,6 +133,6 @@ def train(cfg: DictConfig) -> Path:
         ckpt = str(out / "last.ckpt")
         log.info("resuming from %s", ckpt)
     trainer.fit(module, train_dl, dev_dl, ckpt_path=ckpt)
-    if train_ds.bad:
-        log.warning("%d unreadable training utterances were skipped: %s", len(train_ds.bad), train_ds.bad[:10])
+    if module.skipped:
+        log.warning("%d unreadable utterances were skipped: %s", len(module.skipped), sorted(module.skipped)[:10])
     return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch.utils.data import Dataset
@@ -19,7 +19,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ASRBatch:
-    """A padded batch. wave (B, S), wave_lengths (B,), targets (B, U) padded with 0, target_lengths (B,)."""
+    """A padded batch. wave (B, S), wave_lengths (B,), targets (B, U) padded with 0, target_lengths (B,).
+
+    ``skipped``: ids of this batch's unreadable files, dropped with ``skip_bad`` (they are
+    counted in the main process even when a DataLoader worker loaded them). B may be 0.
+    """
 
     ids: list[str]
     texts: list[str]
@@ -27,21 +31,29 @@ class ASRBatch:
     wave_lengths: torch.Tensor
     targets: torch.Tensor
     target_lengths: torch.Tensor
+    skipped: list[str] = field(default_factory=list)
 
     def to(self, device: torch.device | str) -> "ASRBatch":
-        return ASRBatch(self.ids, self.texts, self.wave.to(device), self.wave_lengths.to(device), self.targets.to(device), self.target_lengths.to(device))
+        return replace(self, wave=self.wave.to(device), wave_lengths=self.wave_lengths.to(device),
+                       targets=self.targets.to(device), target_lengths=self.target_lengths.to(device))  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.ids)
 
 
-def encode_transcripts(utts: list[Utterance], tokenizer: Tokenizer, manifest: str, normalize: dict) -> list[list[int]]:
-    """Normalise and tokenise every transcript up front, so bad text fails at start-up, not at hour 9."""
-    out = []
-    for i, u in enumerate(utts):
-        text = normalize_text(u.text, **normalize)
+def normalize_transcripts(utts: list[Utterance], manifest: str, normalize: dict) -> list[str]:
+    """Normalised transcripts; one that normalises to nothing is an error naming the utterance."""
+    texts = [normalize_text(u.text, **normalize) for u in utts]
+    for i, (u, text) in enumerate(zip(utts, texts)):
         if not text:
             raise ValueError(f"{manifest}: utterance '{u.id}' (record {i + 1}): text is empty after normalisation ({u.text!r})")
+    return texts
+
+
+def encode_transcripts(utts: list[Utterance], texts: list[str], tokenizer: Tokenizer, manifest: str) -> list[list[int]]:
+    """Tokenise every (normalised) transcript up front, so bad text fails at start-up, not at hour 9."""
+    out = []
+    for i, (u, text) in enumerate(zip(utts, texts)):
         try:
             out.append(tokenizer.encode(text))
         except TokenizerError as e:
@@ -50,7 +62,8 @@ def encode_transcripts(utts: list[Utterance], tokenizer: Tokenizer, manifest: st
 
 
 class ASRDataset(Dataset):
-    """Items are (id, text, wave, tokens). With ``skip_bad``, an unreadable file is logged and skipped.
+    """Items are (id, text, wave, tokens). With ``skip_bad``, an unreadable file is logged and its
+    item is a :class:`Skipped` marker that :func:`collate` records in the batch.
 
     ``speed_factors``: training-time speed perturbation, one factor drawn per item.
     """
@@ -62,7 +75,6 @@ class ASRDataset(Dataset):
         self.utts, self.tokens, self.texts = utts, tokens, texts
         self.sample_rate, self.skip_bad = sample_rate, skip_bad
         self.speed_factors = tuple(speed_factors) if speed_factors else None
-        self.bad: list[str] = []
 
     def __len__(self) -> int:
         return len(self.utts)
@@ -75,18 +87,25 @@ class ASRDataset(Dataset):
             if not self.skip_bad:
                 raise AudioError(e.path, f"{e.reason} (utterance '{u.id}'; pass data.skip_bad=true to skip such files)") from None
             log.warning("skipping utterance %s: %s", u.id, e)
-            self.bad.append(u.id)
-            return None
+            return Skipped(u.id)
         if self.speed_factors:
             factor = self.speed_factors[int(torch.randint(len(self.speed_factors), ()))]
             wave = speed_perturb(wave, factor, self.sample_rate)
         return u.id, self.texts[i], wave, self.tokens[i]
 
 
-def collate(items: list) -> ASRBatch | None:
-    items = [x for x in items if x is not None]
+@dataclass(frozen=True)
+class Skipped:
+    """An item whose audio could not be read (``skip_bad``)."""
+
+    id: str
+
+
+def collate(items: list) -> ASRBatch:
+    skipped = [x.id for x in items if isinstance(x, Skipped)]
+    items = [x for x in items if not isinstance(x, Skipped)]
     if not items:
-        return None
+        return ASRBatch([], [], torch.zeros(0, 0), torch.zeros(0, dtype=torch.long), torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, dtype=torch.long), skipped)
     ids, texts, waves, tokens = zip(*items)
     wl = torch.tensor([w.shape[0] for w in waves])
     tl = torch.tensor([len(t) for t in tokens])
@@ -95,4 +114,4 @@ def collate(items: list) -> ASRBatch | None:
     for i, (w, t) in enumerate(zip(waves, tokens)):
         wave[i, : w.shape[0]] = w
         targets[i, : len(t)] = torch.tensor(t, dtype=torch.long)
-    return ASRBatch(list(ids), list(texts), wave, wl, targets, tl)
+    return ASRBatch(list(ids), list(texts), wave, wl, targets, tl, skipped)

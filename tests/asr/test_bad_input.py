@@ -67,7 +67,7 @@ def test_text_the_tokenizer_cannot_represent(tone_corpus, tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated", "garbage"])
-def test_unreadable_audio_named_or_skipped(tone_corpus, tmp_path, damage):
+def test_unreadable_audio_named_or_skipped(tone_corpus, tmp_path, damage, caplog):
     train_m, dev_m, rows = _copy(tone_corpus, tmp_path)
     bad = tmp_path / "bad.wav"
     if damage == "truncated":
@@ -80,5 +80,8 @@ def test_unreadable_audio_named_or_skipped(tone_corpus, tmp_path, damage):
     _write(train_m, rows)
     with pytest.raises(AudioError, match=r"bad.wav.*utterance 'train-0000'.*skip_bad"):
         train(_cfg(train_m, dev_m, tmp_path / "exp"))
-    out = train(_cfg(train_m, dev_m, tmp_path / "exp2", "data.skip_bad=true"))
+    # Loaded in a DataLoader worker process, the skip must still be reported by the main process.
+    with caplog.at_level("WARNING", logger="sonus.asr.train"):
+        out = train(_cfg(train_m, dev_m, tmp_path / "exp2", "data.skip_bad=true", "data.num_workers=1"))
     assert (out / "last.ckpt").is_file()
+    assert "1 unreadable utterances were skipped: ['train-0000']" in caplog.text

@@ -8,6 +8,7 @@ Shapes: B batch, K beam, T encoder frames, V vocabulary, H hidden.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -125,7 +126,8 @@ def _fill_slots(candidates, K: int) -> list[tuple[float, int, tuple, object]]:
             break
         if key in where:
             slot = slots[where[key]]
-            slot[0] = float(torch.logaddexp(torch.tensor(slot[0]), torch.tensor(score)))
+            hi, lo = max(slot[0], score), min(slot[0], score)
+            slot[0] = hi + math.log1p(math.exp(lo - hi))
         elif len(slots) < K:
             where[key] = len(slots)
             slots.append([score, src, key, payload])

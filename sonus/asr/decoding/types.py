@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 Strategy = Literal["greedy", "modified_beam", "beam"]
 SecondPass = Literal["none", "rescore", "las_beam"]
@@ -23,10 +23,10 @@ class DecodingOptions:
     length_bonus: float = 0.0  # added per token to the rescored score
 
     def __post_init__(self) -> None:
-        if self.strategy not in ("greedy", "modified_beam", "beam"):
-            raise ValueError(f"decoding.strategy must be 'greedy', 'modified_beam' or 'beam', got {self.strategy!r}")
-        if self.second_pass not in ("none", "rescore", "las_beam"):
-            raise ValueError(f"decoding.second_pass must be 'none', 'rescore' or 'las_beam', got {self.second_pass!r}")
+        if self.strategy not in get_args(Strategy):
+            raise ValueError(f"decoding.strategy must be one of {get_args(Strategy)}, got {self.strategy!r}")
+        if self.second_pass not in get_args(SecondPass):
+            raise ValueError(f"decoding.second_pass must be one of {get_args(SecondPass)}, got {self.second_pass!r}")
         if not 0.0 <= self.las_weight <= 1.0:
             raise ValueError(f"decoding.las_weight must be in [0, 1], got {self.las_weight}")
         if self.beam_size < 1 or self.las_beam_size < 1:
