@@ -87,6 +87,8 @@ class ASRLightning(pl.LightningModule):
         self.skipped.update(batch.skipped)
         if not len(batch):  # every file in the batch was unreadable and skipped
             return None
+        if self.model.gain is not None:
+            self.model.gain.step = self.global_step
         total, parts, _, _ = self._losses(batch)
         bs = len(batch)
         self.log("train/loss_total", total, prog_bar=True, batch_size=bs)

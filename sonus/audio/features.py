@@ -21,6 +21,7 @@ class FeatureConfig:
     f_min: float = 20.0
     f_max: float | None = None
     dither: float = 0.0
+    log_floor: float = 1e-6  # added to mel power before the log; masks low-level noise (1e-10 trained slower here)
 
 
 def _hz_to_mel(f: torch.Tensor) -> torch.Tensor:
@@ -74,7 +75,7 @@ class LogMel(nn.Module):
             )  # (B, n_fft/2+1, T)
             power = spec.real.square() + spec.imag.square()
             mel = torch.matmul(power.transpose(1, 2), self.fbank)  # (B, T, F)
-            feats = torch.log(mel + 1e-6)
+            feats = torch.log(mel + self.cfg.log_floor)
         frames = self.frame_lengths(lengths)
         mask = torch.arange(feats.shape[1], device=feats.device)[None, :] < frames[:, None]
         return feats.masked_fill(~mask[..., None], 0.0), frames
@@ -112,6 +113,7 @@ class GlobalCMVN(nn.Module):
 class GainAugmentConfig:
     min_db: float = -25.0
     max_db: float = 6.0
+    start_step: int = 0  # off before this optimizer step: a transducer aligns sooner without it
 
 
 class GainAugment(nn.Module):
@@ -124,10 +126,11 @@ class GainAugment(nn.Module):
     def __init__(self, cfg: GainAugmentConfig = GainAugmentConfig()) -> None:
         super().__init__()
         self.cfg = cfg
+        self.step = 0  # the trainer's optimizer step, set by the training loop
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         """wave (B, S) -> same, each row scaled by 10 ** (g / 20), g ~ U(min_db, max_db)."""
-        if not self.training:
+        if not self.training or self.step < self.cfg.start_step:
             return wave
         g = torch.empty(wave.shape[0], 1, device=wave.device).uniform_(self.cfg.min_db, self.cfg.max_db)
         return wave * torch.pow(10.0, g / 20.0).to(wave.dtype)

@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 
 from sonus.train.callbacks import SaveLast, TimeBudget
 from sonus.train.checkpoint import AtomicCheckpointIO
@@ -24,6 +24,8 @@ def build_trainer(cfg: Any, output_dir: Path, monitor: str, mode: str = "min") -
         ModelCheckpoint(dirpath=str(output_dir), filename="best", monitor=monitor, mode=mode, save_top_k=1, save_last=False, auto_insert_metric_name=False, enable_version_counter=False),
         SaveLast(str(output_dir / "last.ckpt")),
     ]
+    if t.get("ema_decay"):  # validate and checkpoint an exponential moving average of the weights
+        callbacks.append(EMAWeightAveraging(decay=float(t.ema_decay), update_starting_at_step=int(t.get("ema_start_step", 0))))
     if t.get("time_budget_minutes"):
         callbacks.append(TimeBudget(float(t.time_budget_minutes)))
     try:

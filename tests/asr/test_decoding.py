@@ -49,6 +49,17 @@ def test_beam_one_equals_greedy_one_symbol(setup):
     assert any(r.best.tokens for r in g), "test model emits nothing; the comparison would be empty"
 
 
+def test_time_synchronous_beam_one_equals_greedy(setup):
+    """Beam 1 with the same symbol cap is greedy search under the standard topology
+    (labels, then a blank that ends the frame), score included."""
+    model, _, enc = setup
+    g = GreedySearch(max_symbols=10)(model.predictor, model.joiner, enc.enc, enc.lengths)
+    b = BeamSearch(1, max_symbols=10)(model.predictor, model.joiner, enc.enc, enc.lengths)
+    assert [r.best.tokens for r in g] == [r.best.tokens for r in b]
+    assert [r.best.score for r in g] == pytest.approx([r.best.score for r in b], abs=1e-4)
+    assert any(r.best.tokens for r in g)
+
+
 def test_nbest_sorted_unique_and_beam_not_worse(setup):
     model, _, enc = setup
     res = ModifiedBeamSearch(4)(model.predictor, model.joiner, enc.enc, enc.lengths)

@@ -28,7 +28,10 @@ def _merge_state(new: tuple[torch.Tensor, ...], old: tuple[torch.Tensor, ...], t
 
 
 class GreedySearch:
-    """Label-looping greedy search: up to ``max_symbols`` labels per frame."""
+    """Label-looping greedy search: up to ``max_symbols`` labels per frame.
+
+    The score is the log-probability of the path taken (a capped frame is charged its blank).
+    """
 
     def __init__(self, max_symbols: int = 3) -> None:
         self.max_symbols = max_symbols
@@ -58,6 +61,10 @@ class GreedySearch:
                 state = _merge_state(new_state, state, emit)
                 pred_p = torch.where(emit[:, None], joiner.pred_proj(new_out), pred_p)
                 active = emit  # only those that emitted get another symbol in this frame
+            else:  # capped: the frame still ends with a blank, so the score is the path's
+                if bool(active.any()):
+                    lp = torch.log_softmax(joiner.joint(enc_p[:, t], pred_p).float(), dim=-1)
+                    scores += torch.where(active, lp[:, BLANK], torch.zeros_like(scores))
         return [DecodeResult([Hypothesis(tokens[b], float(scores[b]), float(scores[b]))]) for b in range(B)]
 
 

@@ -13,9 +13,9 @@ SecondPass = Literal["none", "rescore", "las_beam"]
 class DecodingOptions:
     """How to decode. ``las_weight`` is w in score = (1 - w) * rnnt + w * las."""
 
-    strategy: Strategy = "modified_beam"
+    strategy: Strategy = "beam"
     beam_size: int = 4
-    max_symbols_per_frame: int = 3  # greedy and beam; modified_beam emits at most one
+    max_symbols_per_frame: int = 10  # greedy and beam; modified_beam emits at most one
     second_pass: SecondPass = "rescore"
     las_weight: float = 0.5
     las_beam_size: int = 4
