@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from sonus.audio.features import FeatureConfig, GlobalCMVN, LogMel, SpecAugment, SpecAugmentConfig
+from sonus.audio.features import FeatureConfig, GainAugment, GainAugmentConfig, GlobalCMVN, LogMel, SpecAugment, SpecAugmentConfig
 
 
 def test_logmel_shape_and_peak_bin():
@@ -47,3 +47,14 @@ def test_specaugment_masks_only_in_training():
     assert (y == 0).any() and (y == 1).any()
     sa.eval()
     assert torch.equal(sa(x, torch.tensor([100, 60])), x)
+
+
+def test_gain_augment_waits_for_its_start_step_and_is_off_in_eval():
+    wave = torch.randn(4, 1600)
+    gain = GainAugment(GainAugmentConfig(min_db=-20.0, max_db=-10.0, start_step=100)).train()
+    gain.step = 99
+    assert torch.equal(gain(wave), wave)
+    gain.step = 100
+    ratio = gain(wave).norm(dim=1) / wave.norm(dim=1)  # -20..-10 dB: 0.1..0.32 of the amplitude
+    assert bool(((ratio >= 0.099) & (ratio <= 0.317)).all())
+    assert torch.equal(gain.eval()(wave), wave)
