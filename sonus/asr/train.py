@@ -49,7 +49,7 @@ def decoding_options_from(d: DictConfig, default_second_pass: str = "rescore") -
     return DecodingOptions(
         strategy=d.strategy,
         beam_size=int(d.get("beam_size_rnnt") or d.beam_size),
-        max_symbols_per_frame=int(d.get("max_symbols_per_frame", 10)),
+        max_symbols_per_frame=int(d.get("max_symbols_per_frame", DecodingOptions.max_symbols_per_frame)),
         second_pass=d.get("second_pass") or default_second_pass,
         las_weight=float(d.las_weight),
         las_beam_size=int(d.beam_size_las),

@@ -21,7 +21,6 @@ class FeatureConfig:
     f_min: float = 20.0
     f_max: float | None = None
     dither: float = 0.0
-    log_floor: float = 1e-6  # added to mel power before the log; masks low-level noise (1e-10 trained slower here)
 
 
 def _hz_to_mel(f: torch.Tensor) -> torch.Tensor:
@@ -75,7 +74,7 @@ class LogMel(nn.Module):
             )  # (B, n_fft/2+1, T)
             power = spec.real.square() + spec.imag.square()
             mel = torch.matmul(power.transpose(1, 2), self.fbank)  # (B, T, F)
-            feats = torch.log(mel + self.cfg.log_floor)
+            feats = torch.log(mel + 1e-6)
         frames = self.frame_lengths(lengths)
         mask = torch.arange(feats.shape[1], device=feats.device)[None, :] < frames[:, None]
         return feats.masked_fill(~mask[..., None], 0.0), frames
