@@ -55,6 +55,7 @@ def build_trainer(cfg: Any, output_dir: Path, monitor: str, mode: str = "min") -
         num_sanity_val_steps=int(t.get("num_sanity_val_steps", 0)),
         limit_val_batches=t.get("limit_val_batches", 1.0),
         val_check_interval=t.get("val_check_interval", 1.0),
+        check_val_every_n_epoch=int(t.get("check_val_every_n_epoch", 1)),
         use_distributed_sampler=False,  # our duration sampler shards by rank itself
         plugins=[AtomicCheckpointIO()],
         enable_model_summary=t.get("model_summary", True),
