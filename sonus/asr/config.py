@@ -47,6 +47,20 @@ class LASConfig:
 
 
 @dataclass(frozen=True)
+class TransducerLossConfig:
+    """``kind="pruned"``: Kuang et al. 2022 (k2/icefall). The model gains two small
+    projections for the simple loss; the objective is ``simple_scale * simple + pruned``
+    once warmed up (icefall's schedule: simple 1.0 -> simple_scale and pruned 0.1 -> 1.0
+    over ``warmup_steps``, since the first ranges come from an untrained simple joiner)."""
+
+    kind: Literal["full", "pruned"] = "full"
+    prune_range: int = 5  # S: label positions kept per frame
+    simple_scale: float = 0.5
+    warmup_steps: int = 1000
+    fastemit_lambda: float = 0.0  # FastEmit (Yu et al. 2021): lower streaming emission delay
+
+
+@dataclass(frozen=True)
 class ASRModelConfig:
     vocab_size: int  # includes blank, unk and eos
     n_mels: int = 80
@@ -56,13 +70,17 @@ class ASRModelConfig:
     joiner: JoinerConfig = field(default_factory=JoinerConfig)
     las: LASConfig = field(default_factory=LASConfig)
     ctc_head: bool = False  # a CTC projection on the shared encoder (auxiliary loss)
+    rnnt_loss: TransducerLossConfig = field(default_factory=TransducerLossConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ASRModelConfig":
-        sub = {"encoder": EncoderConfig, "predictor": PredictorConfig, "joiner": JoinerConfig, "las": LASConfig}
+        sub = {
+            "encoder": EncoderConfig, "predictor": PredictorConfig, "joiner": JoinerConfig, "las": LASConfig,
+            "rnnt_loss": TransducerLossConfig,
+        }  # fmt: skip
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:

@@ -69,7 +69,8 @@ class ASRLightning(pl.LightningModule):
     # -- losses ---------------------------------------------------------------------------
     def _losses(self, batch: ASRBatch):
         enc = self.model.encode(batch.wave, batch.wave_lengths)
-        out = self.model.losses(enc, batch.targets, batch.target_lengths, self.opts.label_smoothing)
+        step = self.global_step if self.training else None
+        out = self.model.losses(enc, batch.targets, batch.target_lengths, self.opts.label_smoothing, step=step)
         w = self.opts.loss_weights
         parts = {"rnnt": out.rnnt}
         if self.has_las and out.las is not None:
@@ -89,7 +90,7 @@ class ASRLightning(pl.LightningModule):
             return None
         if self.model.gain is not None:
             self.model.gain.step = self.global_step
-        total, parts, _, _ = self._losses(batch)
+        total, parts, _, out = self._losses(batch)
         bs = len(batch)
         self.log("train/loss_total", total, prog_bar=True, batch_size=bs)
         self.log("train/loss_rnnt", parts["rnnt"], batch_size=bs)
@@ -97,6 +98,8 @@ class ASRLightning(pl.LightningModule):
             self.log("train/loss_las", parts["las"], batch_size=bs)
         if "ctc" in parts:
             self.log("train/loss_ctc", parts["ctc"], batch_size=bs)
+        for k, v in (out.rnnt_parts or {}).items():
+            self.log(f"train/loss_rnnt_{k}", v, batch_size=bs)
         self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
         if self.global_step % 10 == 0:
             self.curves["train/loss_total"].append((self.global_step, float(total.detach())))

@@ -57,7 +57,7 @@ import torch
 Reduction = Literal["none", "mean", "sum"]
 _REDUCTIONS = ("none", "mean", "sum")
 _BLOCKED = -1.0e4  # log-probability standing in for -inf inside the cumulative sums
-_CHUNK_ELEMENTS = 1 << 25  # elements of the 4-D tensor processed at once in fp32 (128 MB)
+_CHUNK_ELEMENTS = 1 << 22  # elements of the 4-D tensor processed at once in fp32 (16 MB)
 
 
 # --------------------------------------------------------------------------------------

@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sonus.asr.config import ASRModelConfig
+from sonus.asr.config import ASRModelConfig, TransducerLossConfig
 from sonus.asr.encoder import LSTMEncoder
 from sonus.asr.joiner import Joiner
 from sonus.asr.las import LAS, LASOutput, las_loss
-from sonus.asr.loss import rnnt_loss
+from sonus.asr.loss import gather_pruned, prune_ranges, pruned_rnnt_loss, rnnt_loss, rnnt_loss_simple
 from sonus.asr.predictor import Predictor
 from sonus.audio.features import (
     FeatureConfig, GainAugment, GainAugmentConfig, GlobalCMVN, LogMel, SpecAugment, SpecAugmentConfig,
@@ -36,10 +36,11 @@ class EncoderOutput:
 
 @dataclass
 class ASRLosses:
-    rnnt: torch.Tensor
+    rnnt: torch.Tensor  # the transducer objective (pruned: the scaled simple + pruned losses)
     las: torch.Tensor | None
     las_output: LASOutput | None
     ctc: torch.Tensor | None = None
+    rnnt_parts: dict[str, torch.Tensor] | None = None  # pruned: {"simple": ..., "pruned": ...}, unscaled
 
 
 class TwoPassASR(nn.Module):
@@ -61,6 +62,12 @@ class TwoPassASR(nn.Module):
         self.joiner = Joiner(self.encoder.out_dim, self.predictor.out_dim, cfg.joiner.hidden, cfg.vocab_size)
         self.las = LAS(self.encoder.out_dim, cfg.vocab_size, cfg.las) if cfg.las.enabled else None
         self.ctc = nn.Linear(self.encoder.out_dim, cfg.vocab_size) if cfg.ctc_head else None
+        if cfg.rnnt_loss.kind not in ("full", "pruned"):
+            raise ValueError(f"model.loss must be 'full' or 'pruned', got {cfg.rnnt_loss.kind!r}")
+        self.simple_am = self.simple_lm = None
+        if cfg.rnnt_loss.kind == "pruned":  # the simple loss' additive joiner (training only)
+            self.simple_am = nn.Linear(self.encoder.out_dim, cfg.vocab_size)
+            self.simple_lm = nn.Linear(self.predictor.out_dim, cfg.vocab_size)
 
     def features(self, wave: torch.Tensor, wave_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, S) audio -> normalised log-mel (B, T, F), with SpecAugment in training mode."""
@@ -78,16 +85,21 @@ class TwoPassASR(nn.Module):
         return EncoderOutput(enc, enc_lengths)
 
     def losses(
-        self, enc: EncoderOutput, targets: torch.Tensor, target_lengths: torch.Tensor, label_smoothing: float = 0.0
+        self,
+        enc: EncoderOutput,
+        targets: torch.Tensor,
+        target_lengths: torch.Tensor,
+        label_smoothing: float = 0.0,
+        step: int | None = None,
     ) -> ASRLosses:
-        """targets (B, U) padded with blank; losses in fp32.
+        """targets (B, U) padded with blank; losses in fp32. ``step``: the optimizer step, for
+        the pruned loss' warm-up (None: warmed up).
 
         Every loss is a per-utterance sum averaged over the batch (ESPnet's
         ``normalize_length=False``), so the weights in L = sum_k lambda_k * L_k compare like with like.
         """
         pred = self.predictor(targets)  # (B, U+1, H)
-        logits = self.joiner(enc.enc, pred)  # (B, T, U+1, V)
-        l_rnnt = rnnt_loss(logits, targets.int(), enc.lengths.int(), target_lengths.int(), blank=BLANK)
+        l_rnnt, rnnt_parts = self._transducer_loss(enc, pred, targets, target_lengths, step)
         l_ctc = None
         if self.ctc is not None:
             with torch.autocast(device_type=enc.enc.device.type, enabled=False):
@@ -95,9 +107,45 @@ class TwoPassASR(nn.Module):
                 l_ctc = F.ctc_loss(lp, targets, enc.lengths, target_lengths, blank=BLANK, reduction="sum", zero_infinity=True)
                 l_ctc = l_ctc / targets.shape[0]  # per utterance, like the RNN-T loss
         if self.las is None:
-            return ASRLosses(l_rnnt, None, None, l_ctc)
+            return ASRLosses(l_rnnt, None, None, l_ctc, rnnt_parts)
         out = self.las(enc.enc, enc.lengths, targets)
-        return ASRLosses(l_rnnt, las_loss(out, targets, target_lengths, label_smoothing), out, l_ctc)
+        return ASRLosses(l_rnnt, las_loss(out, targets, target_lengths, label_smoothing), out, l_ctc, rnnt_parts)
+
+    def _transducer_loss(self, enc: EncoderOutput, pred: torch.Tensor, targets, target_lengths, step):
+        return transducer_loss(
+            self.cfg.rnnt_loss, self.joiner, enc.enc, enc.lengths, pred, targets, target_lengths, step, self.simple_am, self.simple_lm
+        )
+
+
+def transducer_loss(
+    c: TransducerLossConfig,
+    joiner: Joiner,
+    enc: torch.Tensor,
+    enc_lengths: torch.Tensor,
+    pred: torch.Tensor,
+    targets: torch.Tensor,
+    target_lengths: torch.Tensor,
+    step: int | None = None,
+    simple_am: nn.Module | None = None,
+    simple_lm: nn.Module | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    """The RNN-T objective from encoder (B, T, H) and prediction (B, U+1, H) outputs:
+    the full loss over the (B, T, U+1, V) joint, or the pruned loss (needs ``simple_am/lm``)."""
+    y, T_b, U_b = targets.int(), enc_lengths.int(), target_lengths.int()
+    if c.kind == "full":
+        logits = joiner(enc, pred)  # (B, T, U+1, V)
+        return rnnt_loss(logits, y, T_b, U_b, blank=BLANK, fastemit_lambda=c.fastemit_lambda), None
+    # Pruned: the simple loss picks S label positions per frame; the full joiner runs there only.
+    simple, occ = rnnt_loss_simple(simple_am(enc), simple_lm(pred), y, T_b, U_b, blank=BLANK, fastemit_lambda=c.fastemit_lambda)
+    ranges = prune_ranges(occ, T_b, U_b, c.prune_range)
+    e, p = joiner.project(enc, pred)
+    S = min(c.prune_range, pred.shape[1])
+    logits = joiner.joint(e[:, :, None, :], gather_pruned(p, ranges, S))  # (B, T, S, V)
+    pruned = pruned_rnnt_loss(logits, y, ranges, T_b, U_b, blank=BLANK, fastemit_lambda=c.fastemit_lambda)
+    w = 1.0 if step is None or c.warmup_steps <= 0 else min(1.0, step / c.warmup_steps)
+    simple_scale = 1.0 - w * (1.0 - c.simple_scale)
+    pruned_scale = 0.1 + 0.9 * w
+    return simple_scale * simple + pruned_scale * pruned, {"simple": simple, "pruned": pruned}
 
 
 def save_model(

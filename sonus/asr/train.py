@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from sonus.asr.config import ASRModelConfig, EncoderConfig, JoinerConfig, LASConfig, PredictorConfig
+from sonus.asr.config import ASRModelConfig, EncoderConfig, JoinerConfig, LASConfig, PredictorConfig, TransducerLossConfig
 from sonus.asr.decoding import DecodingOptions
 from sonus.asr.lightning import ASRLightning, OptimConfig, TrainOptions, seed_everything
 from sonus.asr.model import TwoPassASR
@@ -42,6 +42,13 @@ def model_config_from(m: DictConfig, vocab_size: int, n_mels: int, sample_rate: 
             dropout=m.dropout,
         ),
         ctc_head=float(m.loss_weights.get("ctc", 0.0)) > 0,
+        rnnt_loss=TransducerLossConfig(
+            kind=m.get("loss", "full"),
+            prune_range=int(m.get("pruned", {}).get("range", 5)),
+            simple_scale=float(m.get("pruned", {}).get("simple_scale", 0.5)),
+            warmup_steps=int(m.get("pruned", {}).get("warmup_steps", 1000)),
+            fastemit_lambda=float(m.get("fastemit_lambda", 0.0)),
+        ),
     )
 
 

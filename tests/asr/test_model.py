@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from sonus.asr.config import ASRModelConfig, EncoderConfig, JoinerConfig, LASConfig, PredictorConfig
+from dataclasses import replace
+
+from sonus.asr.config import ASRModelConfig, EncoderConfig, JoinerConfig, LASConfig, PredictorConfig, TransducerLossConfig
 from sonus.asr.model import TwoPassASR, load_model, save_model
 from sonus.text.tokenizer import CharTokenizer
 
@@ -104,3 +106,26 @@ def test_load_rejects_missing_or_foreign_checkpoint(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(RuntimeError, match="not a sonus ASR checkpoint"):
         load_model(tmp_path / "other.pt")
+
+
+def test_pruned_loss_model():
+    """model.loss=pruned: with a window as wide as the lattice the pruned term is the full loss;
+    the simple projections and the joiner all learn; save -> load keeps the loss kind."""
+    tok = CharTokenizer("abcdefg")
+    full = TwoPassASR(small_config(tok.vocab_size)).eval()
+    wide = TransducerLossConfig(kind="pruned", prune_range=6, warmup_steps=100)
+    pruned = TwoPassASR(replace(small_config(tok.vocab_size), rnnt_loss=wide)).eval()
+    pruned.load_state_dict(full.state_dict(), strict=False)  # same shared weights
+    wave, wl, targets, tl = _batch(vocab=tok.vocab_size)
+    with torch.no_grad():
+        ref = full.losses(full.encode(wave, wl), targets, tl)
+        got = pruned.losses(pruned.encode(wave, wl), targets, tl)
+    torch.testing.assert_close(got.rnnt_parts["pruned"], ref.rnnt, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(got.rnnt, 0.5 * got.rnnt_parts["simple"] + got.rnnt_parts["pruned"])
+
+    narrow = TwoPassASR(replace(small_config(tok.vocab_size), rnnt_loss=replace(wide, prune_range=2))).train()
+    out = narrow.losses(narrow.encode(wave, wl), targets, tl, step=0)
+    torch.testing.assert_close(out.rnnt, out.rnnt_parts["simple"] + 0.1 * out.rnnt_parts["pruned"])  # warm-up start
+    out.rnnt.backward()
+    for m in (narrow.simple_am, narrow.simple_lm, narrow.joiner, narrow.predictor, narrow.encoder):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())

@@ -97,3 +97,18 @@ def test_cli_decode_rnnt_and_errors(trained, tmp_path, capsys):
     assert "WER" in capsys.readouterr().out
     assert main(["decode", "three_pass"]) == 2
     assert main(["train", "not-an-override"]) == 2
+
+
+def test_pruned_loss_trains(tone_corpus, tmp_path):
+    out = tmp_path / "pruned"
+    cfg = compose("train", [
+        f"data.train_manifest={tone_corpus['train']}", f"data.dev_manifest={tone_corpus['dev']}", f"training.output_dir={out}",
+        "training.num_epochs=8", "model.loss=pruned", "model.pruned.range=3", "model.pruned.warmup_steps=10", *TINY,
+    ])  # fmt: skip
+    train(cfg)
+    scalars = _scalars(out / "tensorboard")
+    assert "train/loss_rnnt_simple" in scalars and "train/loss_rnnt_pruned" in scalars
+    val = scalars["val/loss_rnnt"]
+    assert val[-1] < 0.7 * val[0], val
+    model, _ = load_model(out / "last.ckpt")
+    assert model.cfg.rnnt_loss.kind == "pruned" and model.simple_am is not None
