@@ -1,0 +1,106 @@
+"""Training throughput: audio seconds trained per wall second, per model and setting.
+
+    python benchmarks/train_step.py                          # demo and joint_ssi, vocabulary 1024
+    python benchmarks/train_step.py --experiments demo --vocab 256 --steps 8 --compile
+
+For each experiment the model is built from its config (with ``model.vocab_size`` set to
+``--vocab``), batches come from the duration-bucketing sampler over the real manifest
+(``--manifest``, the synthetic corpus by default) with the experiment's batch limits, and a
+step is forward + backward + Adam, as in training (SpecAugment on, LAS included). Settings:
+full vs pruned RNN-T loss, fp32 vs bf16 autocast, and ``torch.compile`` of the encoder when
+``--compile`` is given. The same batches are used for every setting. The sampler's padding
+waste (padded frames / all frames over one epoch) is printed first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from dataclasses import replace
+
+import torch
+
+
+def padding_waste(durations: list[float], batches: list[list[int]]) -> float:
+    real = sum(durations[i] for b in batches for i in b)
+    padded = sum(max(durations[i] for i in b) * len(b) for b in batches)
+    return 1.0 - real / padded
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--experiments", nargs="+", default=["demo", "joint_ssi"])
+    ap.add_argument("--vocab", type=int, default=1024, help="SentencePiece pieces (blank added on top)")
+    ap.add_argument("--manifest", default="data/synth/train.jsonl")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per setting (after one warm-up step)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile of the encoder")
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+
+    from sonus.asr.config import TransducerLossConfig
+    from sonus.asr.model import TwoPassASR
+    from sonus.asr.train import model_config_from
+    from sonus.audio.features import SpecAugmentConfig
+    from sonus.cli import compose
+    from sonus.data.asr_dataset import ASRDataset, collate, encode_transcripts, normalize_transcripts
+    from sonus.data.manifest import read_manifest
+    from sonus.data.sampler import DurationBucketSampler
+    from sonus.text.tokenizer import train_tokenizer
+
+    utts = read_manifest(a.manifest)
+    rows = []
+    for exp in a.experiments:
+        cfg = compose("train", [f"experiment={exp}", f"model.vocab_size={a.vocab}"])
+        t = cfg.training
+        norm = dict(cfg.data.normalize)
+        texts = normalize_transcripts(utts, a.manifest, norm)
+        tok = train_tokenizer(texts, kind=cfg.model.tokenizer, vocab_size=a.vocab)
+        ds = ASRDataset(utts, encode_transcripts(utts, texts, tok, a.manifest), texts, int(cfg.data.sample_rate))
+        durations = [u.duration for u in utts]
+        sampler = DurationBucketSampler(durations, float(t.max_duration), int(t.batch_size), shuffle=True, seed=0)
+        batches = list(sampler)
+        waste = padding_waste(durations, batches)
+        print(f"{exp}: {len(batches)} batches/epoch, padding waste {100 * waste:.1f}% of frames", flush=True)
+        chosen = [collate([ds[i] for i in b]) for b in batches[: a.steps + 1]]
+        audio_s = sum(float(b.wave_lengths.sum()) for b in chosen[1:]) / int(cfg.data.sample_rate)
+        sa = cfg.model.get("specaugment")
+        for loss, precision, compiled in itertools.product(("full", "pruned"), ("fp32", "bf16"), (False, True) if a.compile else (False,)):
+            torch.manual_seed(0)
+            mcfg = model_config_from(cfg.model, tok.vocab_size, int(cfg.data.n_mels), int(cfg.data.sample_rate))
+            mcfg = replace(mcfg, rnnt_loss=TransducerLossConfig(kind=loss))
+            model = TwoPassASR(mcfg, SpecAugmentConfig(**sa) if sa else None, None).train()
+            if compiled:
+                model.encoder = torch.compile(model.encoder)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+            def step(batch) -> None:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    enc = model.encode(batch.wave, batch.wave_lengths)
+                    out = model.losses(enc, batch.targets, batch.target_lengths, 0.1)
+                    total = out.rnnt + (out.las if out.las is not None else 0.0)
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+                opt.step()
+
+            step(chosen[0])  # warm-up (and compilation)
+            t0 = time.perf_counter()
+            for b in chosen[1:]:
+                step(b)
+            wall = time.perf_counter() - t0
+            rows.append((exp, loss, precision, "on" if compiled else "off", wall / a.steps, audio_s / wall))
+            print(f"  {exp} {loss} {precision} compile={'on' if compiled else 'off'}: {wall / a.steps:.2f} s/step, {audio_s / wall:.1f} audio s/s", flush=True)
+
+    print(f"\nvocabulary {a.vocab}, {a.steps} steps per setting, {torch.get_num_threads()} threads")
+    print("| experiment | loss | precision | compile | s/step | audio s per wall s | vs full fp32 |")
+    print("|---|---|---|---|---|---|---|")
+    for exp, loss, precision, comp, sps, tput in rows:
+        base = next(r[5] for r in rows if r[0] == exp and r[1] == "full" and r[2] == "fp32" and r[3] == "off")
+        print(f"| {exp} | {loss} | {precision} | {comp} | {sps:.2f} | {tput:.1f} | {tput / base:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
