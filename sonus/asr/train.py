@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def model_config_from(m: DictConfig, vocab_size: int, n_mels: int, sample_rate: int) -> ASRModelConfig:
     """Map the flat config keys of ``configs/model/*.yaml`` onto the model dataclasses."""
-    las = m.get("las", {})
+    las, pruned = m.get("las", {}), m.get("pruned", {})
     return ASRModelConfig(
         vocab_size=vocab_size,
         n_mels=n_mels,
@@ -44,9 +44,9 @@ def model_config_from(m: DictConfig, vocab_size: int, n_mels: int, sample_rate: 
         ctc_head=float(m.loss_weights.get("ctc", 0.0)) > 0,
         rnnt_loss=TransducerLossConfig(
             kind=m.get("loss", "full"),
-            prune_range=int(m.get("pruned", {}).get("range", 5)),
-            simple_scale=float(m.get("pruned", {}).get("simple_scale", 0.5)),
-            warmup_steps=int(m.get("pruned", {}).get("warmup_steps", 1000)),
+            prune_range=int(pruned.get("range", 5)),
+            simple_scale=float(pruned.get("simple_scale", 0.5)),
+            warmup_steps=int(pruned.get("warmup_steps", 1000)),
             fastemit_lambda=float(m.get("fastemit_lambda", 0.0)),
         ),
     )

@@ -111,3 +111,9 @@ def test_pruned_rejects_windows_outside_the_lattice():
     logits = torch.randn(enc.shape[0], enc.shape[1], 3, w.shape[1])
     with pytest.raises(ValueError, match="inside the lattice"):
         pruned_rnnt_loss(logits, targets, ranges, T_b, U_b)
+
+
+def test_simple_loss_rejects_an_unknown_reduction():
+    targets, T_b, U_b, enc, pred, w = _case(4)
+    with pytest.raises(ValueError, match="reduction"):
+        rnnt_loss_simple(enc @ w, pred @ w, targets, T_b, U_b, reduction="avg")

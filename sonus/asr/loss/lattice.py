@@ -1,0 +1,141 @@
+"""The transducer lattice: forward/backward recursions and arc occupancies, shared by
+every loss in this package.
+
+Recursion (log space). With ``b[t,u] = log P(blank | t, u)`` and
+``y[t,u] = log P(targets[u] | t, u)``::
+
+    alpha[0, 0] = 0
+    alpha[t, u] = logaddexp(alpha[t-1, u] + b[t-1, u],  alpha[t, u-1] + y[t, u-1])
+    log P(targets | x) = alpha[T-1, U] + b[T-1, U]
+
+    beta[T-1, U] = b[T-1, U]
+    beta[t, u]   = logaddexp(beta[t+1, u] + b[t, u],  beta[t, u+1] + y[t, u])
+
+The lattice is B x T x (U+1); only the two gathered log-probabilities ``b`` and ``y``
+enter the recursions. Within one frame ``t`` the ``u`` recursion is a log-cumulative-sum,
+so each frame is a handful of vectorised ops (``torch.logcumsumexp``) instead of U.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+BLOCKED = -1.0e4  # log-probability standing in for -inf inside the cumulative sums
+
+
+def pad_targets(targets: torch.Tensor) -> torch.Tensor:
+    """(B, U) labels -> (B, U+1) int64 with a 0 after the last, so every node (t, u) has one."""
+    return torch.cat([targets.long(), targets.new_zeros(targets.shape[0], 1).long()], dim=1)
+
+
+def _exclusive_cumsum(y: torch.Tensor) -> torch.Tensor:
+    """c[u] = sum_{k<u} y[k] along dim 1."""
+    return torch.cat([y.new_zeros(y.shape[0], 1), torch.cumsum(y[:, :-1], dim=1)], dim=1)
+
+
+def log_cumsum_forward(a_in: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """alpha[u] = logaddexp(a_in[u], alpha[u-1] + y[u-1]) for all u at once.
+
+    a_in: (B, U+1) arrivals from the previous frame; y: (B, U+1) finite label log-probs.
+    """
+    c = _exclusive_cumsum(y)
+    return c + torch.logcumsumexp(a_in - c, dim=1)
+
+
+def _log_cumsum_backward(b_in: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """beta[u] = logaddexp(b_in[u], beta[u+1] + y[u]) for all u at once (right to left)."""
+    c = _exclusive_cumsum(y)
+    rev = torch.logcumsumexp((b_in + c).flip(1), dim=1).flip(1)
+    return rev - c
+
+
+def rnnt_lattice(
+    blank_lp: torch.Tensor, label_lp: torch.Tensor, logit_lengths: torch.Tensor, target_lengths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward and backward variables of the transducer lattice.
+
+    Args:
+        blank_lp: (B, T, U+1) log P(blank | t, u); -inf marks an arc that does not exist.
+        label_lp: (B, T, U+1) log P(targets[u] | t, u); the last column is unused.
+        logit_lengths: (B,) valid frames T_b.
+        target_lengths: (B,) valid labels U_b.
+
+    Returns:
+        alpha (B, T, U+1), beta (B, T, U+1), log_like (B,). Entries outside a
+        sequence's lattice are -inf.
+    """
+    B, T, U1 = blank_lp.shape
+    dev, dt = blank_lp.device, blank_lp.dtype
+    neg_inf = torch.tensor(float("-inf"), device=dev, dtype=dt)
+    u_idx = torch.arange(U1, device=dev)
+    inside_u = u_idx[None, :] <= target_lengths[:, None]  # (B, U+1)
+    # A label arc leaves (t, u) only for u < U_b. Missing arcs become a huge negative
+    # number rather than -inf, so the cumulative sums stay finite (exp() of it is 0).
+    label_lp = torch.where(u_idx[None, None, :] < target_lengths[:, None, None], label_lp, neg_inf)
+    label_lp_c = label_lp.clamp(min=BLOCKED)
+
+    alpha = torch.full((B, T, U1), float("-inf"), device=dev, dtype=dt)
+    a_in = torch.full((B, U1), float("-inf"), device=dev, dtype=dt)
+    a_in[:, 0] = 0.0
+    for t in range(T):
+        if t > 0:
+            a_in = alpha[:, t - 1] + blank_lp[:, t - 1]
+        a = log_cumsum_forward(a_in, label_lp_c[:, t])
+        alpha[:, t] = torch.where(inside_u, a, neg_inf)
+
+    beta = torch.full((B, T, U1), float("-inf"), device=dev, dtype=dt)
+    final = torch.where(u_idx[None, :] == target_lengths[:, None], 0.0, float("-inf")).to(dt)  # (B, U+1)
+    b_next = torch.full((B, U1), float("-inf"), device=dev, dtype=dt)
+    for t in range(T - 1, -1, -1):
+        is_last = (logit_lengths - 1 == t)[:, None]
+        b_next = torch.where(is_last, final, b_next)  # virtual beta[T_b] = one-hot at U_b
+        b_in = blank_lp[:, t] + b_next
+        b = _log_cumsum_backward(b_in, label_lp_c[:, t])
+        b = torch.where(inside_u & (t < logit_lengths)[:, None], b, neg_inf)
+        beta[:, t] = b
+        b_next = b
+
+    log_like = beta[:, 0, 0]
+    return alpha, beta, log_like
+
+
+def arc_occupancy(
+    alpha: torch.Tensor,
+    beta: torch.Tensor,
+    blank_lp: torch.Tensor,
+    label_lp: torch.Tensor,
+    log_like: torch.Tensor,
+    logit_lengths: torch.Tensor,
+    target_lengths: torch.Tensor,
+    bad: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior probability of each blank and label arc, (B, T, U+1) each: the negative
+    gradient of the log-likelihood with respect to that arc's log-probability."""
+    B, T, U1 = alpha.shape
+    u_idx = torch.arange(U1, device=alpha.device)
+    t_idx = torch.arange(T, device=alpha.device)
+    beta_next_t = torch.cat([beta[:, 1:], beta.new_full((B, 1, U1), float("-inf"))], dim=1)
+    final = (t_idx[None, :, None] == (logit_lengths - 1)[:, None, None]) & (u_idx[None, None, :] == target_lengths[:, None, None])
+    beta_next_t = torch.where(final, torch.zeros_like(beta_next_t), beta_next_t)
+    beta_next_u = torch.cat([beta[:, :, 1:], beta.new_full((B, T, 1), float("-inf"))], dim=2)
+    norm = torch.where(bad, torch.zeros_like(log_like), log_like)[:, None, None]
+    g_blank = torch.exp(alpha + blank_lp + beta_next_t - norm)
+    g_label = torch.exp(alpha + label_lp + beta_next_u - norm)
+    g_label = torch.where(u_idx[None, None, :] < target_lengths[:, None, None], g_label, 0.0)
+    zero = bad[:, None, None]
+    g_blank = torch.where(zero, 0.0, torch.nan_to_num(g_blank, nan=0.0))
+    g_label = torch.where(zero, 0.0, torch.nan_to_num(g_label, nan=0.0))
+    return g_blank, g_label
+
+
+def unalignable(log_like: torch.Tensor, logit_lengths: torch.Tensor, what: str) -> torch.Tensor:
+    bad = ~torch.isfinite(log_like) | (logit_lengths <= 0)
+    if bool(bad.any()):
+        warnings.warn(
+            f"{what}: {int(bad.sum())} sequence(s) cannot be aligned (batch index "
+            f"{bad.nonzero().flatten().tolist()}); their loss is set to 0 and gradient to 0",
+            stacklevel=4,
+        )
+    return bad
