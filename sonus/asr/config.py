@@ -6,17 +6,24 @@ checkpoint is self-describing.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any, Literal, get_type_hints
+
+from sonus.nn.conformer import ConformerConfig
 
 
 @dataclass(frozen=True)
 class EncoderConfig:
+    """``kind="lstm"``: time reduction then unidirectional LSTMs (the fields below);
+    ``kind="conformer"``: the chunk-wise streaming Conformer of ``conformer``."""
+
     hidden: int = 512
     layers: int = 3
     reduction: int = 4  # time reduction factor
     reduction_type: Literal["stack", "pool"] = "stack"
     dropout: float = 0.1
+    kind: Literal["lstm", "conformer"] = "lstm"
+    conformer: ConformerConfig = field(default_factory=ConformerConfig)
 
 
 @dataclass(frozen=True)
@@ -76,23 +83,19 @@ class ASRModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ASRModelConfig":
-        sub = {
-            "encoder": EncoderConfig, "predictor": PredictorConfig, "joiner": JoinerConfig, "las": LASConfig,
-            "rnnt_loss": TransducerLossConfig,
-        }  # fmt: skip
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}; known: {sorted(known)}")
-        kw: dict[str, Any] = {}
-        for k, v in d.items():
-            if k in sub:
-                sub_known = {f.name for f in fields(sub[k])}
-                bad = set(v) - sub_known
-                if bad:
-                    raise ValueError(f"unknown keys in model.{k}: {sorted(bad)}; known: {sorted(sub_known)}")
-                kw[k] = sub[k](**v)
-            else:
-                kw[k] = v
-        return cls(**kw)
+    def from_dict(cls, d: dict[str, Any]) -> ASRModelConfig:
+        return _from_dict(cls, d, "model")
+
+
+def _from_dict(cls: type, d: dict[str, Any], where: str) -> Any:
+    """Rebuild dataclass ``cls`` from nested dicts; an unknown key is an error naming its path.
+    Keys a dict leaves out take their defaults, so older checkpoints load."""
+    known = {f.name for f in fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(f"unknown keys in {where}: {sorted(unknown)}; known: {sorted(known)}")
+    types = get_type_hints(cls)
+    kw = {}
+    for k, v in d.items():
+        kw[k] = _from_dict(types[k], v, f"{where}.{k}") if is_dataclass(types[k]) and isinstance(v, dict) else v
+    return cls(**kw)

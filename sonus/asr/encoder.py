@@ -1,4 +1,4 @@
-"""Shared streaming encoder: time reduction then unidirectional LSTMs.
+"""Shared streaming encoder: time reduction then unidirectional LSTMs, or a Conformer.
 
 Shapes: B batch, T input frames, T' = ceil(T / r) encoder frames, F features, H hidden.
 """
@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from sonus.asr.config import EncoderConfig
+from sonus.nn.conformer import ConformerEncoder
 
 
 @dataclass
@@ -64,14 +65,21 @@ class LSTMEncoder(nn.Module):
         y, _ = self.lstm(x)  # causal: padding after a sequence cannot change its valid frames
         return self.dropout(y), lengths
 
+    def output_lengths(self, frames: torch.Tensor) -> torch.Tensor:
+        """Encoder frames (B,) of ``frames`` (B,) input frames: a partial last group is kept."""
+        return torch.div(frames + self.cfg.reduction - 1, self.cfg.reduction, rounding_mode="floor")
+
     def initial_state(self, batch: int, device: torch.device, feat_dim: int) -> EncoderState:
         z = torch.zeros(self.cfg.layers, batch, self.cfg.hidden, device=device)
         return EncoderState(h=z, c=z.clone(), pending=torch.zeros(batch, 0, feat_dim, device=device))
 
-    def step(self, x: torch.Tensor, state: EncoderState) -> tuple[torch.Tensor, EncoderState]:
-        """Streaming: x (B, t, F) new frames -> (B, t', H) outputs for the completed groups."""
+    def step(self, x: torch.Tensor, state: EncoderState, final: bool = False) -> tuple[torch.Tensor, EncoderState]:
+        """Streaming: x (B, t, F) new frames -> (B, t', H) outputs for the completed groups
+        (with ``final``, also for the last partial group, zero-padded as in the offline pass)."""
         x = torch.cat([state.pending, x], dim=1)
         r = self.cfg.reduction
+        if final and x.shape[1] % r:
+            x = torch.cat([x, x.new_zeros(x.shape[0], r - x.shape[1] % r, x.shape[2])], dim=1)
         n = (x.shape[1] // r) * r
         ready, pending = x[:, :n], x[:, n:]
         if n == 0:
@@ -80,3 +88,13 @@ class LSTMEncoder(nn.Module):
         z, _ = self.reduce(ready, lengths)
         y, (h, c) = self.lstm(z, (state.h, state.c))
         return y, EncoderState(h, c, pending)
+
+
+def build_encoder(in_dim: int, cfg: EncoderConfig) -> LSTMEncoder | ConformerEncoder:
+    """The encoder ``cfg.kind`` names. Both share one interface: ``forward(x, lengths)``,
+    ``output_lengths``, ``initial_state`` and ``step(x, state, final)``, and ``out_dim``."""
+    if cfg.kind == "lstm":
+        return LSTMEncoder(in_dim, cfg)
+    if cfg.kind == "conformer":
+        return ConformerEncoder(in_dim, cfg.conformer)
+    raise ValueError(f"model.encoder must be 'lstm' or 'conformer', got {cfg.kind!r}")

@@ -80,29 +80,36 @@ class LAS(nn.Module):
         return values, self.attention.k(values), mask
 
     def initial_state(self, values: torch.Tensor, mask: torch.Tensor):
-        B, T, D = values.shape
+        B, _, D = values.shape
         z = values.new_zeros(B, self.cfg.dec_hidden)
         prev = mask.to(values.dtype) / mask.sum(1, keepdim=True).clamp(min=1).to(values.dtype)
         return (z, z.clone()), values.new_zeros(B, D), prev
 
+    def _recur(self, emb, state, context, prev, values, keys, mask):
+        """The recurrent part of a step: embedded tokens (B, E) -> output features (B, H + D), state, context, weights."""
+        h, c = self.cell(torch.cat([emb, context], dim=-1), state)
+        context, w = self.attention(h, keys, values, mask, prev)
+        return torch.cat([h, context], dim=-1), (h, c), context, w
+
     def step(self, tokens, state, context, prev, values, keys, mask):
         """One decoder step: tokens (B,) -> logits (B, V), new state, context, attention weights."""
-        h, c = self.cell(torch.cat([self.embed(tokens), context], dim=-1), state)
-        context, w = self.attention(h, keys, values, mask, prev)
-        logits = self.out(self.dropout(torch.cat([h, context], dim=-1)))
-        return logits, (h, c), context, w
+        feat, state, context, w = self._recur(self.embed(tokens), state, context, prev, values, keys, mask)
+        return self.out(self.dropout(feat)), state, context, w
 
     def forward(self, enc: torch.Tensor, enc_lengths: torch.Tensor, targets: torch.Tensor) -> LASOutput:
-        """Teacher forcing. targets (B, U) padded with anything -> logits for targets[0..U-1], <eos>."""
+        """Teacher forcing. targets (B, U) padded with anything -> logits for targets[0..U-1], <eos>.
+
+        Only the recurrence runs step by step: the embedding and the output layer run once
+        over all U+1 positions (one large matrix product instead of U+1 small ones)."""
         values, keys, mask = self.listen(enc, enc_lengths)
         state, context, prev = self.initial_state(values, mask)
         inputs = torch.cat([targets.new_full((targets.shape[0], 1), EOS), targets], dim=1)  # <eos> starts
-        logits, weights = [], []
-        for u in range(inputs.shape[1]):
-            lg, state, context, prev = self.step(inputs[:, u], state, context, prev, values, keys, mask)
-            logits.append(lg)
+        feats, weights = [], []
+        for emb in self.embed(inputs).unbind(1):  # (B, E) each
+            feat, state, context, prev = self._recur(emb, state, context, prev, values, keys, mask)
+            feats.append(feat)
             weights.append(prev)
-        return LASOutput(torch.stack(logits, 1), torch.stack(weights, 1))
+        return LASOutput(self.out(self.dropout(torch.stack(feats, 1))), torch.stack(weights, 1))
 
 
 def las_targets(targets: torch.Tensor, target_lengths: torch.Tensor, pad: int = -100) -> torch.Tensor:

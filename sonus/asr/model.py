@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sonus.asr.config import ASRModelConfig, TransducerLossConfig
-from sonus.asr.encoder import LSTMEncoder
+from sonus.asr.encoder import build_encoder
 from sonus.asr.joiner import Joiner
 from sonus.asr.las import LAS, LASOutput, las_loss
 from sonus.asr.loss import gather_pruned, prune_ranges, pruned_rnnt_loss, rnnt_loss, rnnt_loss_simple
@@ -57,7 +57,7 @@ class TwoPassASR(nn.Module):
         self.frontend = LogMel(FeatureConfig(sample_rate=cfg.sample_rate, n_mels=cfg.n_mels))
         self.cmvn = GlobalCMVN(cfg.n_mels)
         self.specaug = SpecAugment(specaug) if specaug is not None else None
-        self.encoder = LSTMEncoder(cfg.n_mels, cfg.encoder)
+        self.encoder = build_encoder(cfg.n_mels, cfg.encoder)
         self.predictor = Predictor(cfg.vocab_size, cfg.predictor)
         self.joiner = Joiner(self.encoder.out_dim, self.predictor.out_dim, cfg.joiner.hidden, cfg.vocab_size)
         self.las = LAS(self.encoder.out_dim, cfg.vocab_size, cfg.las) if cfg.las.enabled else None

@@ -13,6 +13,7 @@ from sonus.asr.config import ASRModelConfig, EncoderConfig, JoinerConfig, LASCon
 from sonus.asr.decoding import DecodingOptions
 from sonus.asr.lightning import ASRLightning, OptimConfig, TrainOptions, seed_everything
 from sonus.asr.model import TwoPassASR
+from sonus.nn.conformer import ConformerConfig
 from sonus.audio.features import GainAugmentConfig, SpecAugmentConfig
 from sonus.data.asr_dataset import ASRDataset, collate, encode_transcripts, normalize_transcripts
 from sonus.data.manifest import read_manifest
@@ -30,7 +31,10 @@ def model_config_from(m: DictConfig, vocab_size: int, n_mels: int, sample_rate: 
         vocab_size=vocab_size,
         n_mels=n_mels,
         sample_rate=sample_rate,
-        encoder=EncoderConfig(m.encoder_hidden, m.encoder_layers, m.reduction, m.reduction_type, m.dropout),
+        encoder=EncoderConfig(
+            m.encoder_hidden, m.encoder_layers, m.reduction, m.reduction_type, m.dropout, kind=m.get("encoder", "lstm"),
+            conformer=ConformerConfig(**{"dropout": m.dropout, **OmegaConf.to_container(m.get("conformer", {}), resolve=True)}),
+        ),
         predictor=PredictorConfig(m.pred_type, m.pred_hidden, m.pred_layers, m.pred_embed, m.dropout),
         joiner=JoinerConfig(m.joint_hidden),
         las=LASConfig(

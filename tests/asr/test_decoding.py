@@ -1,17 +1,26 @@
-"""Decoding: batched == one at a time, beam 1 == greedy, rescoring arithmetic, LAS beam."""
+"""Decoding: batched searches == a plain per-utterance reference, batched == one at a time,
+beam 1 == greedy, rescoring arithmetic, LAS beam."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
-from sonus.asr.decoding import Decoder, DecodingOptions
+from sonus.asr.decoding import (
+    BeamSearch,
+    Decoder,
+    DecodingOptions,
+    GreedySearch,
+    ModifiedBeamSearch,
+)
+from sonus.asr.decoding.beam import extend_keys
 from sonus.asr.decoding.las import LASBeamSearch, combine, las_score_nbest
-from sonus.asr.decoding.rnnt import BeamSearch, GreedySearch, ModifiedBeamSearch
-from sonus.asr.loss import rnnt_loss
 from sonus.asr.las import las_sequence_logprob
+from sonus.asr.loss import rnnt_loss
 from sonus.asr.model import TwoPassASR
-from sonus.text.tokenizer import CharTokenizer
+from sonus.text.tokenizer import BLANK, CharTokenizer
 
 from .test_model import small_config
 
@@ -28,6 +37,153 @@ def setup():
     with torch.no_grad():
         enc = model.encode(wave, wl)
     return model, tok, enc
+
+
+@pytest.fixture(scope="module")
+def peaky():
+    """A model with sharp, frame-dependent posteriors: frames that emit several labels, and
+    labels whose timing is uncertain, so two paths reach one hypothesis and beams merge."""
+    torch.manual_seed(0)
+    model = TwoPassASR(small_config(CharTokenizer("abcde ").vocab_size)).eval()
+    with torch.no_grad():
+        model.joiner.enc_proj.weight.mul_(30.0)
+        model.joiner.out.weight.mul_(3.0)
+        model.joiner.out.bias[0] += 2.0
+        enc = model.encode(torch.randn(3, 12000) * 0.3, torch.tensor([12000, 9000, 5000]))
+    return model, enc
+
+
+class _Ref:
+    """A plain reference for one utterance: Python lists and dicts, one hypothesis at a time."""
+
+    def __init__(self, model, enc: torch.Tensor) -> None:
+        self.p, self.j = model.predictor, model.joiner
+        self.enc_p = self.j.enc_proj(enc)  # (T, J)
+
+    def start(self):
+        out, st = self.p.step(torch.tensor([BLANK]), self.p.initial_state(1, torch.device("cpu")))
+        return st, self.j.pred_proj(out)
+
+    def feed(self, label: int, st):
+        out, st = self.p.step(torch.tensor([label]), st)
+        return st, self.j.pred_proj(out)
+
+    def log_probs(self, t: int, pred_p: torch.Tensor) -> list[float]:
+        return torch.log_softmax(self.j.joint(self.enc_p[t], pred_p[0]), dim=-1).tolist()
+
+
+def _logaddexp(a: float, b: float) -> float:
+    hi, lo = max(a, b), min(a, b)
+    return hi + math.log1p(math.exp(lo - hi))
+
+
+@torch.no_grad()
+def reference_greedy(model, enc: torch.Tensor, max_symbols: int) -> tuple[list[int], float, int]:
+    """Best symbol until blank in every frame, at most ``max_symbols`` labels (then blank is
+    charged) -> (tokens, score, frames that hit the cap)."""
+    r = _Ref(model, enc)
+    st, pred_p = r.start()
+    tokens, score, capped = [], 0.0, 0
+    for t in range(enc.shape[0]):
+        for s in range(max_symbols + 1):
+            lp = r.log_probs(t, pred_p)
+            v = BLANK if s == max_symbols else max(range(len(lp)), key=lp.__getitem__)
+            score += lp[v]
+            capped += s == max_symbols
+            if v == BLANK:
+                break
+            tokens.append(v)
+            st, pred_p = r.feed(v, st)
+    return tokens, score, capped
+
+
+@torch.no_grad()
+def reference_beam(model, enc: torch.Tensor, K: int, max_symbols: int | None) -> tuple[list[tuple[list[int], float]], int]:
+    """Beam search over label sequences -> (n-best [(tokens, score)], merges).
+
+    ``max_symbols=None``: modified beam search (one label per frame, emitting one ends the
+    frame); else time-synchronous: rounds of extensions until every hypothesis took its
+    blank, the last round blank only. Each round keeps the first K distinct hypotheses
+    among the 2K best candidates; a hypothesis reached twice scores the log-sum-exp.
+    """
+    r = _Ref(model, enc)
+    beam = {(): (0.0, *r.start())}  # label sequence -> (log-prob, predictor state, projected output)
+    merges = 0
+    for t in range(enc.shape[0]):
+        rounds = 1 if max_symbols is None else max_symbols + 1
+        opened, closed = beam, {}
+        for rnd in range(rounds):
+            if not opened:
+                break
+            cands = []  # (score, label sequence, label, parent); blank ends the frame (time-synchronous)
+            for seq, (score, st, pp) in opened.items():
+                lp = r.log_probs(t, pp)
+                labels = [BLANK] if max_symbols is not None and rnd == max_symbols else range(len(lp))
+                cands += [(score + lp[v], seq, v, (st, pp)) for v in labels]
+            cands += [(score, seq, None, (st, pp)) for seq, (score, st, pp) in closed.items()]
+            cands.sort(key=lambda c: -c[0])
+            new: dict = {}
+            for score, seq, v, (st, pp) in cands[: 2 * K]:
+                done = max_symbols is not None and v in (None, BLANK)
+                key = (seq if v in (None, BLANK) else seq + (v,), done)
+                if key in new:
+                    new[key][0] = _logaddexp(new[key][0], score)
+                    merges += 1
+                elif len(new) < K:
+                    new[key] = [score, *((st, pp) if v in (None, BLANK) else r.feed(v, st))]
+            opened = {k[0]: tuple(h) for k, h in new.items() if not k[1]}
+            closed = {k[0]: tuple(h) for k, h in new.items() if k[1]}
+        beam = closed if max_symbols is not None else opened
+    return sorted(((list(seq), h[0]) for seq, h in beam.items()), key=lambda x: -x[1]), merges
+
+
+def _assert_same(batched, expected: list[list[tuple[list[int], float]]]) -> None:
+    for r, ref in zip(batched, expected):
+        assert [h.tokens for h in r.nbest] == [toks for toks, _ in ref]
+        assert [h.score for h in r.nbest] == pytest.approx([s for _, s in ref], rel=1e-5, abs=1e-4)
+
+
+@pytest.mark.parametrize("max_symbols", [1, 2, 10])
+@pytest.mark.parametrize("window", [1, 4])
+def test_greedy_equals_reference(peaky, max_symbols, window):
+    model, enc = peaky
+    res = GreedySearch(max_symbols, window)(model.predictor, model.joiner, enc.enc, enc.lengths)
+    refs = [reference_greedy(model, enc.enc[b, : int(enc.lengths[b])], max_symbols) for b in range(3)]
+    _assert_same(res, [[(toks, score)] for toks, score, _ in refs])
+    assert sum(capped for _, _, capped in refs) > 0, "no frame reached the cap: it is untested"
+
+
+@pytest.mark.parametrize("K", [2, 4])
+def test_modified_beam_equals_reference(peaky, K):
+    model, enc = peaky
+    res = ModifiedBeamSearch(K)(model.predictor, model.joiner, enc.enc, enc.lengths)
+    refs = [reference_beam(model, enc.enc[b, : int(enc.lengths[b])], K, None) for b in range(3)]
+    _assert_same(res, [nbest for nbest, _ in refs])
+    assert sum(m for _, m in refs) > 0, "no two paths reached one hypothesis: merging is untested"
+
+
+@pytest.mark.parametrize("K, max_symbols", [(3, 2), (4, 3)])
+def test_time_synchronous_beam_equals_reference(peaky, K, max_symbols):
+    model, enc = peaky
+    res = BeamSearch(K, max_symbols)(model.predictor, model.joiner, enc.enc, enc.lengths)
+    refs = [reference_beam(model, enc.enc[b, : int(enc.lengths[b])], K, max_symbols) for b in range(3)]
+    _assert_same(res, [nbest for nbest, _ in refs])
+    assert sum(m for _, m in refs) > 0, "no two paths reached one hypothesis: merging is untested"
+
+
+def test_sequence_keys_depend_on_labels_and_order_not_on_blanks():
+    empty = torch.zeros((), dtype=torch.long)
+
+    def key(labels):
+        k = empty
+        for v in labels:
+            k = extend_keys(k, torch.tensor(v))
+        return int(k)
+
+    assert key([5, 0, 7]) == key([5, 7]) == key([0, 5, 7, 0])
+    assert len({key(s) for s in ([5, 7], [7, 5], [5], [5, 7, 7], [4, 8], [])}) == 6
+    big = key(range(3, 300))
+    assert 0 <= big < 2**62
 
 
 def test_batched_equals_single(setup):
@@ -73,7 +229,7 @@ def test_nbest_sorted_unique_and_beam_not_worse(setup):
 
 
 def test_las_rescoring_scores_and_weights(setup):
-    model, tok, enc = setup
+    model, _, enc = setup
     first = ModifiedBeamSearch(4)(model.predictor, model.joiner, enc.enc, enc.lengths)
     las_score_nbest(model.las, enc.enc, enc.lengths, first)
     h = first[1].nbest[2]

@@ -112,3 +112,17 @@ def test_pruned_loss_trains(tone_corpus, tmp_path):
     assert val[-1] < 0.7 * val[0], val
     model, _ = load_model(out / "last.ckpt")
     assert model.cfg.rnnt_loss.kind == "pruned" and model.simple_am is not None
+
+
+def test_conformer_encoder_trains(tone_corpus, tmp_path):
+    out = tmp_path / "conformer"
+    cfg = compose("train", [
+        f"data.train_manifest={tone_corpus['train']}", f"data.dev_manifest={tone_corpus['dev']}", f"training.output_dir={out}",
+        "training.num_epochs=8", "model.encoder=conformer", "model.conformer.d_model=32", "model.conformer.layers=2",
+        "model.conformer.subsampling=stack", "model.dropout=0.0", *TINY,
+    ])  # fmt: skip
+    train(cfg)
+    val = _scalars(out / "tensorboard")["val/loss_rnnt"]
+    assert val[-1] < 0.7 * val[0], val
+    model, _ = load_model(out / "last.ckpt")
+    assert model.cfg.encoder.kind == "conformer" and model.cfg.encoder.conformer.d_model == 32

@@ -74,6 +74,52 @@ class _LatticeNLL(torch.autograd.Function):
         return gb * s, gy * s, None, None, None
 
 
+class _SimpleArcs(torch.autograd.Function):
+    """Arc log-probabilities of the additive joiner, (B, T, U+1) each:
+
+        blank_lp[b, t, u] = am[b, t, blank] + lm[b, u, blank] - norm[b, t, u]
+        label_lp[b, t, u] = am[b, t, y_u] + lm[b, u, y_u] - norm[b, t, u]
+        norm[b, t, u] = log sum_v exp(am[b, t, v] + lm[b, u, v])
+
+    ``norm`` is one batched matrix product of the shifted exponentials, and the gradient is
+    written out, so autograd keeps no (B, T, V) intermediate. With E_am = exp(am - max),
+    E_lm = exp(lm - max), G = -(g_blank + g_label) * exp(max_am + max_lm - norm):
+
+        d/d am = E_am * (G @ E_lm) + the gathered terms scattered back,
+        d/d lm = E_lm * (G^T @ E_am) + the same, summed over t.
+    """
+
+    @staticmethod
+    def forward(ctx, am, lm, tgt, blank):
+        B, T, _ = am.shape
+        U1 = lm.shape[1]
+        am_max = am.max(-1, keepdim=True).values  # (B, T, 1)
+        lm_max = lm.max(-1, keepdim=True).values  # (B, U+1, 1)
+        norm = torch.bmm((am - am_max).exp_(), (lm - lm_max).exp_().transpose(1, 2))  # (B, T, U+1)
+        norm = norm.clamp_(min=1e-30).log_().add_(am_max).add_(lm_max.transpose(1, 2))
+        blank_lp = am[:, :, blank, None] + lm[:, None, :, blank] - norm
+        label_lp = am.gather(2, tgt[:, None, :].expand(B, T, U1)) + lm.gather(2, tgt[:, :, None]).transpose(1, 2) - norm
+        ctx.blank = blank
+        ctx.save_for_backward(am, lm, tgt, am_max, lm_max, norm)
+        return blank_lp, label_lp
+
+    @staticmethod
+    def backward(ctx, g_blank, g_label):
+        am, lm, tgt, am_max, lm_max, norm = ctx.saved_tensors
+        B, T, _ = am.shape
+        blank = ctx.blank
+        g = -(g_blank + g_label) * (am_max + lm_max.transpose(1, 2) - norm).exp()  # (B, T, U+1)
+        e_am = (am - am_max).exp_()
+        grad_lm = torch.bmm(g.transpose(1, 2), e_am).mul_((lm - lm_max).exp_())  # (B, U+1, V)
+        grad_am = torch.bmm(g, (lm - lm_max).exp_()).mul_(e_am)  # (B, T, V)
+        del e_am
+        grad_am[:, :, blank] += g_blank.sum(2)
+        grad_am.scatter_add_(2, tgt[:, None, :].expand(B, T, tgt.shape[1]), g_label)
+        grad_lm[:, :, blank] += g_blank.sum(1)
+        grad_lm.scatter_add_(2, tgt[:, :, None], g_label.sum(1)[:, :, None])
+        return grad_am, grad_lm, None, None
+
+
 def rnnt_loss_simple(
     am: torch.Tensor,
     lm: torch.Tensor,
@@ -96,7 +142,7 @@ def rnnt_loss_simple(
         the alignment passes through (t, u), is what :func:`prune_ranges` reads.
     """
     check_reduction(reduction)
-    B, T, V = am.shape
+    B, _, V = am.shape
     if lm.dim() != 3 or lm.shape[0] != B or lm.shape[2] != V:
         raise ValueError(f"lm must be (B, U+1, V) = ({B}, U+1, {V}), got {tuple(lm.shape)}")
     if targets.shape != (B, lm.shape[1] - 1):
@@ -104,14 +150,7 @@ def rnnt_loss_simple(
     blank = blank % V
     with torch.autocast(device_type=am.device.type, enabled=False):
         am, lm = am.float(), lm.float()
-        am_max = am.max(-1, keepdim=True).values.detach()  # (B, T, 1)
-        lm_max = lm.max(-1, keepdim=True).values.detach()  # (B, U+1, 1)
-        norm = torch.bmm((am - am_max).exp(), (lm - lm_max).exp().transpose(1, 2))  # (B, T, U+1)
-        norm = norm.clamp(min=1e-30).log() + am_max + lm_max.transpose(1, 2)
-        U1 = lm.shape[1]
-        tgt = pad_targets(targets)  # (B, U+1)
-        blank_lp = am[:, :, blank, None] + lm[:, None, :, blank] - norm
-        label_lp = am.gather(2, tgt[:, None, :].expand(B, T, U1)) + lm.gather(2, tgt[:, :, None]).transpose(1, 2) - norm
+        blank_lp, label_lp = _SimpleArcs.apply(am, lm, pad_targets(targets), blank)  # (B, T, U+1) each
         losses, occ = _LatticeNLL.apply(
             blank_lp, label_lp, logit_lengths.to(am.device).long(), target_lengths.to(am.device).long(), float(fastemit_lambda)
         )

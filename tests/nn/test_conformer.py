@@ -1,0 +1,103 @@
+"""Streaming Conformer: chunked streaming equals the offline pass, no look past a chunk,
+padding-invariant, and usable as the two-pass model's encoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sonus.asr.config import EncoderConfig
+from sonus.asr.model import TwoPassASR, load_model, save_model
+from sonus.nn.conformer import ConformerConfig, ConformerEncoder, chunk_mask
+from sonus.text.tokenizer import CharTokenizer
+from tests.asr.test_model import _batch, small_config
+
+
+def _encoder(subsampling: str, left_chunks: int, chunk: int = 4) -> ConformerEncoder:
+    torch.manual_seed(0)
+    cfg = ConformerConfig(d_model=32, layers=2, heads=4, conv_kernel=5, subsampling=subsampling, subsampling_channels=8,
+                          chunk_size=chunk, left_chunks=left_chunks, dropout=0.0)  # fmt: skip
+    return ConformerEncoder(40, cfg).eval()
+
+
+def _stream(enc: ConformerEncoder, x: torch.Tensor, pieces: list[int]) -> torch.Tensor:
+    state, out, i = enc.initial_state(x.shape[0], x.device, x.shape[2]), [], 0
+    for n in pieces:
+        y, state = enc.step(x[:, i : i + n], state)
+        out.append(y)
+        i += n
+    y, state = enc.step(x[:, i:], state, final=True)
+    return torch.cat(out + [y], dim=1)
+
+
+@pytest.mark.parametrize("subsampling", ["conv2d", "stack"])
+@pytest.mark.parametrize("left_chunks", [-1, 1])
+def test_chunked_stream_equals_offline(subsampling, left_chunks):
+    enc = _encoder(subsampling, left_chunks)
+    x = torch.randn(2, 203, 40)
+    with torch.no_grad():
+        offline, lengths = enc(x, torch.tensor([203, 203]))
+        streamed = _stream(enc, x, [16, 7, 9, 30, 16, 1, 50])  # pieces that do not line up with chunks
+    assert lengths.tolist() == [50, 50] and streamed.shape == offline.shape, (streamed.shape, offline.shape)
+    torch.testing.assert_close(streamed, offline, rtol=1e-5, atol=1e-5)
+
+
+def test_no_frame_sees_a_later_chunk():
+    """Changing the input of chunk c changes no output of an earlier chunk, but does change chunk c."""
+    enc = _encoder("conv2d", -1)
+    x = torch.randn(1, 96, 40)  # 24 encoder frames, 6 chunks of 4
+    x2 = x.clone()
+    x2[:, 64:] += 1.0  # input frames 64.. feed encoder frames 16.. (chunk 4 on)
+    with torch.no_grad():
+        a, _ = enc(x, torch.tensor([96]))
+        b, _ = enc(x2, torch.tensor([96]))
+    diff = (a - b).abs().amax(-1)[0]  # (T',)
+    assert diff[:15].max() == 0, diff  # frame 15 sees input 63 at most (4j + 3)
+    assert diff[16:].min() > 0, diff
+
+
+def test_padding_does_not_change_an_utterance():
+    enc = _encoder("conv2d", 2)
+    x = torch.randn(2, 160, 40)
+    with torch.no_grad():
+        both, lengths = enc(x, torch.tensor([160, 97]))
+        alone, _ = enc(x[1:, :97], torch.tensor([97]))
+    assert lengths.tolist() == [40, 24]
+    torch.testing.assert_close(both[1, :24], alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_chunk_mask():
+    m = chunk_mask(6, torch.tensor([6, 5]), chunk=2, left_chunks=1)[:, 0]  # (B, T, T)
+    expect = torch.tensor([
+        [1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 0, 0],
+        [0, 0, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1],
+    ], dtype=torch.bool)  # fmt: skip
+    assert torch.equal(m[0], expect)
+    assert torch.equal(m[1], expect & torch.tensor([1, 1, 1, 1, 1, 0], dtype=torch.bool))  # key 5 is padding
+
+
+def test_two_pass_model_with_conformer_trains_and_reloads(tmp_path):
+    tok = CharTokenizer("abcdefg")
+    conf = ConformerConfig(d_model=32, layers=2, heads=4, conv_kernel=5, subsampling="stack", chunk_size=4)
+    cfg = small_config(tok.vocab_size)
+    cfg = type(cfg)(**{**cfg.__dict__, "encoder": EncoderConfig(kind="conformer", conformer=conf)})
+    torch.manual_seed(0)
+    model = TwoPassASR(cfg, specaug=None, gain=None)
+    wave, wl, targets, tl = _batch(vocab=tok.vocab_size)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        out = model.losses(model.encode(wave, wl), targets, tl)
+        loss = out.rnnt + out.las
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0], losses
+    model.eval()
+    save_model(tmp_path / "m.pt", model, tok)
+    loaded, _ = load_model(tmp_path / "m.pt")
+    assert loaded.cfg.encoder.kind == "conformer" and loaded.cfg.encoder.conformer == conf
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode(wave, wl).enc, model.encode(wave, wl).enc)
