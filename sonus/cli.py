@@ -18,6 +18,7 @@ USAGE = """usage: sonus COMMAND [MODE] [key=value ...]
   sonus prepare ssi output_dir=data/ssi train_size=8000 dev_size=1500 test_size=1500 seed=42 [source=DIR]
   sonus prepare librispeech source=DIR output_dir=DIR [dev_speakers=N]
   sonus prepare fsdd source=DIR output_dir=DIR
+  sonus prepare feature_synth output_dir=data/features [dim=37]   (feature sequences, no audio)
   sonus train experiment=joint_ssi [training.output_dir=...] [data.train_manifest=...]
   sonus decode rnnt model.checkpoint=CKPT data.test_manifest=M decoding.beam_size=4 output_path=OUT
   sonus decode two_pass model.checkpoint=CKPT data.test_manifest=M decoding.beam_size_rnnt=4 decoding.beam_size_las=4 output_path=OUT
@@ -25,7 +26,7 @@ USAGE = """usage: sonus COMMAND [MODE] [key=value ...]
 Any config key can be overridden; add --cfg to print the composed config and exit.
 """
 
-PREPARE = ("synth", "ssi", "librispeech", "fsdd")
+PREPARE = ("synth", "ssi", "librispeech", "fsdd", "feature_synth")
 DECODE = ("rnnt", "two_pass")
 
 
@@ -54,6 +55,8 @@ def _prepare(mode: str, cfg: DictConfig) -> None:
         from sonus.data.recipes.ssi import prepare_ssi as fn
     elif mode == "librispeech":
         from sonus.data.recipes.librispeech import prepare_librispeech as fn
+    elif mode == "feature_synth":
+        from sonus.data.recipes.feature_synth import prepare_feature_synth as fn
     else:
         from sonus.data.recipes.fsdd import prepare_fsdd as fn
     print(fn(**kw))

@@ -71,12 +71,14 @@ class TransducerLossConfig:
 class ASRModelConfig:
     vocab_size: int  # includes blank, unk and eos
     n_mels: int = 80
+    feat_in: int | None = None  # D: inputs are (T, D) feature sequences, no audio front end; None: audio
     sample_rate: int = 16000
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
     joiner: JoinerConfig = field(default_factory=JoinerConfig)
     las: LASConfig = field(default_factory=LASConfig)
-    ctc_head: bool = False  # a CTC projection on the shared encoder (auxiliary loss)
+    ctc_head: bool = False  # a CTC projection on the shared encoder (auxiliary loss, or the first pass)
+    transducer: bool = True  # the RNN-T predictor and joiner; False: a CTC model (needs ctc_head)
     rnnt_loss: TransducerLossConfig = field(default_factory=TransducerLossConfig)
 
     def to_dict(self) -> dict[str, Any]:

@@ -7,11 +7,12 @@ import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from sonus.asr.decoding import DecodeResult, Decoder, DecodingOptions, combine
+from sonus.asr.decoding import Decoder, DecodeResult, DecodingOptions, combine
 from sonus.asr.model import TwoPassASR, load_checkpoint
 from sonus.data.asr_dataset import ASRDataset, collate
 from sonus.data.manifest import read_manifest
@@ -39,6 +40,8 @@ class DecodeSummary:
     final: ErrorRates
     las_weight: float | None
     output_path: str
+    first_pass_kind: str = "rnnt"  # the head that decoded the first pass: rnnt | ctc
+    strategy: str = ""  # its decoding.strategy
 
 
 @torch.no_grad()
@@ -58,7 +61,7 @@ def decode_manifest(
     try:
         from rich.progress import track
     except ImportError:  # pragma: no cover
-        track = lambda x, **_: x  # noqa: E731
+        track = lambda x, **_: x
     for batch in track(dl, description=f"decoding {Path(manifest).name}", total=len(sampler)):
         if not len(batch):
             continue
@@ -117,7 +120,12 @@ def print_table(rows: list[tuple[str, ErrorRates]], title: str) -> None:
 
 
 def run_decode(mode: str, cfg) -> DecodeSummary:
-    """`sonus decode rnnt|two_pass`: decode ``data.test_manifest``, write ``output_path`` and a summary."""
+    """`sonus decode rnnt|two_pass`: decode ``data.test_manifest``, write ``output_path`` and a summary.
+
+    ``rnnt`` is the first pass alone, ``two_pass`` adds the second; the first pass is RNN-T or,
+    with ``decoding.strategy=ctc_greedy|ctc_prefix_beam``, CTC (then ``two_pass`` rescoring is
+    WeNet's CTC + attention rescoring). Output keys keep the names ``hyp_rnnt``/``rnnt`` for
+    the first pass whichever it is; the summary's ``first_pass_kind`` says which."""
     if mode not in ("rnnt", "two_pass"):
         raise ValueError(f"decode mode must be 'rnnt' or 'two_pass', got {mode!r}")
     from sonus.asr.train import decoding_options_from
@@ -129,7 +137,7 @@ def run_decode(mode: str, cfg) -> DecodeSummary:
     if mode == "rnnt":
         opts = replace(opts, second_pass="none", beam_size=int(cfg.decoding.beam_size))
     d = cfg.data
-    kw = dict(max_duration=float(d.max_duration), batch_size=int(d.batch_size), skip_bad=bool(d.skip_bad))
+    kw: dict[str, Any] = {"max_duration": float(d.max_duration), "batch_size": int(d.batch_size), "skip_bad": bool(d.skip_bad)}
     if mode == "two_pass" and cfg.decoding.get("tune") and opts.second_pass == "rescore":
         if not d.get("dev_manifest"):
             raise ValueError("decoding.tune=true needs data.dev_manifest (w is chosen on dev, never on test)")
@@ -141,8 +149,10 @@ def run_decode(mode: str, cfg) -> DecodeSummary:
     ds = decode_manifest(model, tok, d.test_manifest, opts, norm, **kw)
     write_results(cfg.output_path, ds)
     first, final = error_rates(ds.refs, _best(ds.first)), error_rates(ds.refs, _best(ds.final))
-    summary = DecodeSummary(mode, len(ds.ids), first, final, opts.las_weight if mode == "two_pass" else None, str(cfg.output_path))
-    rows = [(f"rnnt ({opts.strategy}, beam {opts.beam_size})", first)]
+    las_w = opts.las_weight if mode == "two_pass" else None
+    summary = DecodeSummary(mode, len(ds.ids), first, final, las_w, str(cfg.output_path), opts.first_pass_kind, opts.strategy)
+    beam = "" if opts.strategy.endswith("greedy") else f", beam {opts.beam_size}"
+    rows = [(f"{opts.first_pass_kind} ({opts.strategy}{beam})", first)]
     if mode == "two_pass":
         rows.append((f"two-pass ({opts.second_pass}, w={opts.las_weight:.2f})", final))
     print_table(rows, f"{d.test_manifest}: {len(ds.ids)} utterances")
@@ -155,4 +165,7 @@ def _summary_dict(s: DecodeSummary) -> dict:
     def er(r: ErrorRates) -> dict:
         return {"wer": r.wer, "cer": r.cer, "words": r.words, "chars": r.chars}
 
-    return {"mode": s.mode, "utterances": s.utterances, "rnnt": er(s.first_pass), "final": er(s.final), "las_weight": s.las_weight, "output_path": s.output_path}
+    return {
+        "mode": s.mode, "utterances": s.utterances, "first_pass_kind": s.first_pass_kind, "strategy": s.strategy,
+        "rnnt": er(s.first_pass), "final": er(s.final), "las_weight": s.las_weight, "output_path": s.output_path,
+    }  # fmt: skip

@@ -54,6 +54,7 @@ class ASRLightning(pl.LightningModule):
         self.model, self.tokenizer, self.optim_cfg, self.opts = model, tokenizer, optim, opts
         has_las = model.las is not None and opts.loss_weights.get("las", 0.0) > 0
         self.has_las = has_las
+        self.first = "rnnt" if model.predictor is not None else "ctc"  # the first pass, as metrics name it
         self.decoding = decoding if has_las else DecodingOptions(
             strategy=decoding.strategy, beam_size=decoding.beam_size, second_pass="none"
         )
@@ -72,7 +73,7 @@ class ASRLightning(pl.LightningModule):
         step = self.global_step if self.training else None
         out = self.model.losses(enc, batch.targets, batch.target_lengths, self.opts.label_smoothing, step=step)
         w = self.opts.loss_weights
-        parts = {"rnnt": out.rnnt}
+        parts = {"rnnt": out.rnnt} if out.rnnt is not None else {}
         if self.has_las and out.las is not None:
             parts["las"] = out.las
         if out.ctc is not None:
@@ -93,11 +94,9 @@ class ASRLightning(pl.LightningModule):
         total, parts, _, out = self._losses(batch)
         bs = len(batch)
         self.log("train/loss_total", total, prog_bar=True, batch_size=bs)
-        self.log("train/loss_rnnt", parts["rnnt"], batch_size=bs)
-        if "las" in parts:
-            self.log("train/loss_las", parts["las"], batch_size=bs)
-        if "ctc" in parts:
-            self.log("train/loss_ctc", parts["ctc"], batch_size=bs)
+        for k in ("rnnt", "las", "ctc"):
+            if k in parts:
+                self.log(f"train/loss_{k}", parts[k], batch_size=bs)
         for k, v in (out.rnnt_parts or {}).items():
             self.log(f"train/loss_rnnt_{k}", v, batch_size=bs)
         self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
@@ -120,8 +119,8 @@ class ASRLightning(pl.LightningModule):
             self.model.train(was_training)
         refs = batch.texts[:n]
         r1, r2 = error_rates(refs, first), error_rates(refs, final)
-        self.log("train/wer_rnnt", r1.wer, batch_size=n)
-        self.log("train/cer_rnnt", r1.cer, batch_size=n)
+        self.log(f"train/wer_{self.first}", r1.wer, batch_size=n)
+        self.log(f"train/cer_{self.first}", r1.cer, batch_size=n)
         self.log("train/wer_2pass", r2.wer, batch_size=n)
         self.log("train/cer_2pass", r2.cer, batch_size=n)
 
@@ -135,8 +134,7 @@ class ASRLightning(pl.LightningModule):
         if not len(batch):
             return
         total, parts, enc, out = self._losses(batch)
-        las = float(parts["las"]) if "las" in parts else 0.0
-        self._val_losses.append((float(total), float(parts["rnnt"]), las, len(batch)))
+        self._val_losses.append((float(total), float(parts.get(self.first, 0.0)), float(parts.get("las", 0.0)), len(batch)))
         if self._val_attention is None and out.las_output is not None:
             U = int(batch.target_lengths[0]) + 1
             T = int(enc.lengths[0])
@@ -155,24 +153,25 @@ class ASRLightning(pl.LightningModule):
         n = sum(x[3] for x in self._val_losses)
         avg = [sum(x[i] * x[3] for x in self._val_losses) / n for i in range(3)]
         r1, r2 = error_rates(self._val_refs, self._val_first), error_rates(self._val_refs, self._val_final)
+        f = self.first
         metrics = {
-            "val/loss_total": avg[0], "val/loss_rnnt": avg[1], "val/loss_las": avg[2],
-            "val/wer_rnnt": r1.wer, "val/wer_2pass": r2.wer, "val/cer_rnnt": r1.cer, "val/cer_2pass": r2.cer,
+            "val/loss_total": avg[0], f"val/loss_{f}": avg[1], "val/loss_las": avg[2],
+            f"val/wer_{f}": r1.wer, "val/wer_2pass": r2.wer, f"val/cer_{f}": r1.cer, "val/cer_2pass": r2.cer,
         }  # fmt: skip
         if not self.has_las:
             del metrics["val/loss_las"]
         for k, v in metrics.items():
-            self.log(k, v, prog_bar=k in ("val/wer_rnnt", "val/wer_2pass"), sync_dist=True)
+            self.log(k, v, prog_bar=k in (f"val/wer_{f}", "val/wer_2pass"), sync_dist=True)
         self.log("epoch", float(self.current_epoch))
         # best.ckpt follows the WER; the CER breaks ties (early on every WER is 100%).
-        key = "2pass" if self.has_las else "rnnt"
+        key = "2pass" if self.has_las else f
         self.log("val/select", metrics[f"val/wer_{key}"] + 1e-3 * metrics[f"val/cer_{key}"], sync_dist=True)
         if self.trainer.sanity_checking:
             return
         self.curves["val/loss_total"].append((self.global_step, avg[0]))
         log.info(
-            "epoch %d: val loss %.3f  WER rnnt %.2f%%  2pass %.2f%%  CER rnnt %.2f%%  2pass %.2f%%",
-            self.current_epoch, avg[0], 100 * r1.wer, 100 * r2.wer, 100 * r1.cer, 100 * r2.cer,
+            "epoch %d: val loss %.3f  WER %s %.2f%%  2pass %.2f%%  CER %s %.2f%%  2pass %.2f%%",
+            self.current_epoch, avg[0], f, 100 * r1.wer, 100 * r2.wer, f, 100 * r1.cer, 100 * r2.cer,
         )  # fmt: skip
         if self.opts.plot_dir and self.trainer.is_global_zero:
             if self._val_attention is not None:

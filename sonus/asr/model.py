@@ -20,12 +20,29 @@ from sonus.asr.config import ASRModelConfig, TransducerLossConfig
 from sonus.asr.encoder import build_encoder
 from sonus.asr.joiner import Joiner
 from sonus.asr.las import LAS, LASOutput, las_loss
-from sonus.asr.loss import gather_pruned, prune_ranges, pruned_rnnt_loss, rnnt_loss, rnnt_loss_simple
+from sonus.asr.loss import (
+    gather_pruned,
+    prune_ranges,
+    pruned_rnnt_loss,
+    rnnt_loss,
+    rnnt_loss_simple,
+)
 from sonus.asr.predictor import Predictor
 from sonus.audio.features import (
-    FeatureConfig, GainAugment, GainAugmentConfig, GlobalCMVN, LogMel, SpecAugment, SpecAugmentConfig,
+    FeatureConfig,
+    GainAugment,
+    GainAugmentConfig,
+    GlobalCMVN,
+    LogMel,
+    SpecAugment,
+    SpecAugmentConfig,
 )
-from sonus.text.tokenizer import BLANK, Tokenizer, tokenizer_from_tensor, tokenizer_to_tensor
+from sonus.text.tokenizer import (
+    BLANK,
+    Tokenizer,
+    tokenizer_from_tensor,
+    tokenizer_to_tensor,
+)
 
 
 @dataclass
@@ -36,7 +53,7 @@ class EncoderOutput:
 
 @dataclass
 class ASRLosses:
-    rnnt: torch.Tensor  # the transducer objective (pruned: the scaled simple + pruned losses)
+    rnnt: torch.Tensor | None  # the transducer objective (pruned: the scaled simple + pruned losses); None in a CTC model
     las: torch.Tensor | None
     las_output: LASOutput | None
     ctc: torch.Tensor | None = None
@@ -53,27 +70,44 @@ class TwoPassASR(nn.Module):
         """``specaug`` and ``gain`` are training-time augmentations (no weights); None turns them off."""
         super().__init__()
         self.cfg = cfg
-        self.gain = GainAugment(gain) if gain is not None else None
-        self.frontend = LogMel(FeatureConfig(sample_rate=cfg.sample_rate, n_mels=cfg.n_mels))
-        self.cmvn = GlobalCMVN(cfg.n_mels)
+        audio = cfg.feat_in is None  # else the inputs are feature sequences (B, T, feat_in)
+        self.gain = GainAugment(gain) if gain is not None and audio else None
+        self.frontend = LogMel(FeatureConfig(sample_rate=cfg.sample_rate, n_mels=cfg.n_mels)) if audio else None
+        self.in_dim = cfg.n_mels if audio else cfg.feat_in
+        self.cmvn = GlobalCMVN(self.in_dim)
         self.specaug = SpecAugment(specaug) if specaug is not None else None
-        self.encoder = build_encoder(cfg.n_mels, cfg.encoder)
-        self.predictor = Predictor(cfg.vocab_size, cfg.predictor)
-        self.joiner = Joiner(self.encoder.out_dim, self.predictor.out_dim, cfg.joiner.hidden, cfg.vocab_size)
+        if not (cfg.transducer or cfg.ctc_head):
+            raise ValueError("the model needs a first pass: model.loss_weights.rnnt > 0 (RNN-T) or model.loss_weights.ctc > 0 (CTC)")
+        self.encoder = build_encoder(self.in_dim, cfg.encoder)
+        self.predictor = self.joiner = None
+        if cfg.transducer:
+            self.predictor = Predictor(cfg.vocab_size, cfg.predictor)
+            self.joiner = Joiner(self.encoder.out_dim, self.predictor.out_dim, cfg.joiner.hidden, cfg.vocab_size)
         self.las = LAS(self.encoder.out_dim, cfg.vocab_size, cfg.las) if cfg.las.enabled else None
         self.ctc = nn.Linear(self.encoder.out_dim, cfg.vocab_size) if cfg.ctc_head else None
         if cfg.rnnt_loss.kind not in ("full", "pruned"):
             raise ValueError(f"model.loss must be 'full' or 'pruned', got {cfg.rnnt_loss.kind!r}")
         self.simple_am = self.simple_lm = None
-        if cfg.rnnt_loss.kind == "pruned":  # the simple loss' additive joiner (training only)
+        if cfg.transducer and cfg.rnnt_loss.kind == "pruned":  # the simple loss' additive joiner (training only)
             self.simple_am = nn.Linear(self.encoder.out_dim, cfg.vocab_size)
             self.simple_lm = nn.Linear(self.predictor.out_dim, cfg.vocab_size)
 
-    def features(self, wave: torch.Tensor, wave_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, S) audio -> normalised log-mel (B, T, F), with SpecAugment in training mode."""
+    def raw_features(self, wave: torch.Tensor, wave_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model inputs -> unnormalised features (B, T, F): log-mel of (B, S) audio, or the
+        (B, T, feat_in) feature sequences themselves."""
+        if self.frontend is None:
+            if wave.dim() != 3 or wave.shape[2] != self.in_dim:
+                raise ValueError(f"this model reads feature sequences (B, T, {self.in_dim}), got {tuple(wave.shape)}")
+            return wave, wave_lengths
+        if wave.dim() != 2:
+            raise ValueError(f"this model reads audio (B, S), got {tuple(wave.shape)}: feature input needs model.feat_in")
         if self.gain is not None:
             wave = self.gain(wave)
-        feats, lengths = self.frontend(wave, wave_lengths)
+        return self.frontend(wave, wave_lengths)
+
+    def features(self, wave: torch.Tensor, wave_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs (see :meth:`raw_features`) -> normalised features (B, T, F), with SpecAugment in training mode."""
+        feats, lengths = self.raw_features(wave, wave_lengths)
         feats = self.cmvn(feats)
         if self.specaug is not None:
             feats = self.specaug(feats, lengths)
@@ -98,18 +132,26 @@ class TwoPassASR(nn.Module):
         Every loss is a per-utterance sum averaged over the batch (ESPnet's
         ``normalize_length=False``), so the weights in L = sum_k lambda_k * L_k compare like with like.
         """
-        pred = self.predictor(targets)  # (B, U+1, H)
-        l_rnnt, rnnt_parts = self._transducer_loss(enc, pred, targets, target_lengths, step)
-        l_ctc = None
+        l_rnnt = rnnt_parts = l_ctc = None
+        if self.predictor is not None:
+            pred = self.predictor(targets)  # (B, U+1, H)
+            l_rnnt, rnnt_parts = self._transducer_loss(enc, pred, targets, target_lengths, step)
         if self.ctc is not None:
+            lp = self.ctc_log_probs(enc.enc).transpose(0, 1)  # (T, B, V)
             with torch.autocast(device_type=enc.enc.device.type, enabled=False):
-                lp = torch.log_softmax(self.ctc(enc.enc.float()), dim=-1).transpose(0, 1)  # (T, B, V)
                 l_ctc = F.ctc_loss(lp, targets, enc.lengths, target_lengths, blank=BLANK, reduction="sum", zero_infinity=True)
                 l_ctc = l_ctc / targets.shape[0]  # per utterance, like the RNN-T loss
         if self.las is None:
             return ASRLosses(l_rnnt, None, None, l_ctc, rnnt_parts)
         out = self.las(enc.enc, enc.lengths, targets)
         return ASRLosses(l_rnnt, las_loss(out, targets, target_lengths, label_smoothing), out, l_ctc, rnnt_parts)
+
+    def ctc_log_probs(self, enc: torch.Tensor) -> torch.Tensor:
+        """Encoder output (B, T, H) -> CTC log-probabilities (B, T, V), in fp32."""
+        if self.ctc is None:
+            raise ValueError("the model has no CTC head: train it with model.loss_weights.ctc > 0")
+        with torch.autocast(device_type=enc.device.type, enabled=False):
+            return torch.log_softmax(self.ctc(enc.float()), dim=-1)
 
     def _transducer_loss(self, enc: EncoderOutput, pred: torch.Tensor, targets, target_lengths, step):
         return transducer_loss(

@@ -58,6 +58,8 @@ class StreamingDecoder:
     """
 
     def __init__(self, model: TwoPassASR, tokenizer: Tokenizer, options: DecodingOptions, chunk_ms: float = 160.0) -> None:
+        if model.frontend is None:
+            raise ValueError("StreamingDecoder reads audio; this model reads feature sequences (model.feat_in)")
         self.model, self.decoder = model, Decoder(model, tokenizer, options)
         fe = model.frontend.cfg
         self.hop = fe.hop_length
@@ -77,7 +79,7 @@ class StreamingDecoder:
             frames=0,
             enc_frames=0,
             encoder=m.encoder.initial_state(batch, device, m.cfg.n_mels),
-            search=self.decoder.search.start(m.predictor, m.joiner, batch, device),
+            search=self.decoder.first_search.start(batch, device),
         )
 
     @torch.no_grad()
@@ -89,7 +91,7 @@ class StreamingDecoder:
         if lengths is None:
             lengths = torch.full((B,), wave.shape[1], dtype=torch.long, device=wave.device)
         state = self._advance(wave, lengths.to(state.samples.device), state, final=False)
-        return self.decoder.texts(self.decoder.search.results(state.search)), state
+        return self.decoder.texts(self.decoder.first_search.results(state.search)), state
 
     @torch.no_grad()
     def finish(self, state: StreamState) -> tuple[list[DecodeResult], list[DecodeResult]]:
@@ -99,7 +101,7 @@ class StreamingDecoder:
         B = state.audio.shape[0]
         empty = state.audio.new_zeros(B, 0)
         state = self._advance(empty, torch.zeros(B, dtype=torch.long, device=empty.device), state, final=True)
-        first = self.decoder.texts(self.decoder.search.results(state.search))
+        first = self.decoder.texts(self.decoder.first_search.results(state.search))
         if self.decoder.opts.second_pass == "none":
             return first, first
         enc = torch.cat(state.enc, dim=1) if state.enc else empty.new_zeros(B, 0, self.model.encoder.out_dim)
@@ -118,7 +120,7 @@ class StreamingDecoder:
         new = StreamState(audio, samples, state.frames + feats.shape[1], state.enc_frames + y.shape[1], enc_state, state.search, state.enc)
         if y.shape[1]:
             valid = (self._enc_valid(new) - state.enc_frames).clamp(min=0)  # (B,) of y's frames
-            new.search = self.decoder.search.run(m.predictor, m.joiner, y, valid, state.search)
+            new.search = self.decoder.first_search.run(y, valid, state.search)
             if self.decoder.opts.second_pass != "none":
                 new.enc = state.enc + [y]
         return new

@@ -9,16 +9,33 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from sonus.asr.config import ASRModelConfig, EncoderConfig, JoinerConfig, LASConfig, PredictorConfig, TransducerLossConfig
+from sonus.asr.config import (
+    ASRModelConfig,
+    EncoderConfig,
+    JoinerConfig,
+    LASConfig,
+    PredictorConfig,
+    TransducerLossConfig,
+)
 from sonus.asr.decoding import DecodingOptions
 from sonus.asr.lightning import ASRLightning, OptimConfig, TrainOptions, seed_everything
 from sonus.asr.model import TwoPassASR
-from sonus.nn.conformer import ConformerConfig
 from sonus.audio.features import GainAugmentConfig, SpecAugmentConfig
-from sonus.data.asr_dataset import ASRDataset, collate, encode_transcripts, normalize_transcripts
+from sonus.data.asr_dataset import (
+    ASRDataset,
+    collate,
+    encode_transcripts,
+    normalize_transcripts,
+)
 from sonus.data.manifest import read_manifest
 from sonus.data.sampler import DurationBucketSampler
-from sonus.text.tokenizer import Tokenizer, load_tokenizer, save_tokenizer, train_tokenizer
+from sonus.nn.conformer import ConformerConfig
+from sonus.text.tokenizer import (
+    Tokenizer,
+    load_tokenizer,
+    save_tokenizer,
+    train_tokenizer,
+)
 from sonus.train.trainer import build_trainer
 
 log = logging.getLogger(__name__)
@@ -31,6 +48,7 @@ def model_config_from(m: DictConfig, vocab_size: int, n_mels: int, sample_rate: 
         vocab_size=vocab_size,
         n_mels=n_mels,
         sample_rate=sample_rate,
+        feat_in=None if m.get("feat_in") is None else int(m.feat_in),
         encoder=EncoderConfig(
             m.encoder_hidden, m.encoder_layers, m.reduction, m.reduction_type, m.dropout, kind=m.get("encoder", "lstm"),
             conformer=ConformerConfig(**{"dropout": m.dropout, **OmegaConf.to_container(m.get("conformer", {}), resolve=True)}),
@@ -46,6 +64,7 @@ def model_config_from(m: DictConfig, vocab_size: int, n_mels: int, sample_rate: 
             dropout=m.dropout,
         ),
         ctc_head=float(m.loss_weights.get("ctc", 0.0)) > 0,
+        transducer=float(m.loss_weights.get("rnnt", 1.0)) > 0,
         rnnt_loss=TransducerLossConfig(
             kind=m.get("loss", "full"),
             prune_range=int(pruned.get("range", 5)),
@@ -83,8 +102,8 @@ def _tokenizer(cfg: DictConfig, texts: list[str], out: Path) -> Tokenizer:
 def _fit_cmvn(model: TwoPassASR, ds: ASRDataset, n: int = 200) -> None:
     items = [ds[i] for i in range(0, len(ds), max(1, len(ds) // n))][:n]
     batch = collate(items)
-    feats, lengths = model.frontend(batch.wave, batch.wave_lengths)
-    model.cmvn.fit(feats, lengths)
+    feats, lengths = model.raw_features(batch.wave, batch.wave_lengths)
+    model.cmvn.fit(feats, lengths, min_std=1.0 if model.frontend is not None else 1e-3)
 
 
 def train(cfg: DictConfig) -> Path:
@@ -103,14 +122,24 @@ def train(cfg: DictConfig) -> Path:
     dev_texts = normalize_transcripts(dev_utts, d.dev_manifest, norm)
     tok = _tokenizer(cfg, train_texts, out)
     speed = d.get("speed_perturb")
-    train_ds = ASRDataset(train_utts, encode_transcripts(train_utts, train_texts, tok, d.train_manifest), train_texts, d.sample_rate, d.skip_bad, speed)
-    dev_ds = ASRDataset(dev_utts, encode_transcripts(dev_utts, dev_texts, tok, d.dev_manifest), dev_texts, d.sample_rate, d.skip_bad)
+    feat_in = cfg.model.get("feat_in")
+    for name, utts in (("train", train_utts), ("dev", dev_utts)):
+        n_feat = sum(u.feature_filepath is not None for u in utts)
+        if n_feat not in (0, len(utts)) or (n_feat > 0) != (feat_in is not None):
+            raise ValueError(
+                f"data.{name}_manifest: {n_feat} of {len(utts)} records are feature sequences and model.feat_in={feat_in}; "
+                "feature sequences (every record) need model.feat_in = D, audio needs model.feat_in=null"
+            )
+    if feat_in is not None and speed:
+        raise ValueError("data.speed_perturb resamples audio; it does not apply to feature sequences (set it to null)")
+    train_ds = ASRDataset(train_utts, encode_transcripts(train_utts, train_texts, tok, d.train_manifest), train_texts, d.sample_rate, d.skip_bad, speed, feat_in)
+    dev_ds = ASRDataset(dev_utts, encode_transcripts(dev_utts, dev_texts, tok, d.dev_manifest), dev_texts, d.sample_rate, d.skip_bad, feat_dim=feat_in)
     log.info("train: %d utterances (%.2f h); dev: %d; vocabulary %d", len(train_utts), sum(u.duration for u in train_utts) / 3600, len(dev_utts), tok.vocab_size)
 
     model_cfg = model_config_from(cfg.model, tok.vocab_size, int(d.n_mels), int(d.sample_rate))
     sa, gain = cfg.model.get("specaugment"), cfg.model.get("gain_augment")
     model = TwoPassASR(model_cfg, SpecAugmentConfig(**sa) if sa else None, GainAugmentConfig(**gain) if gain else None)
-    _fit_cmvn(model, ASRDataset(train_utts, train_ds.tokens, train_texts, d.sample_rate, d.skip_bad))
+    _fit_cmvn(model, ASRDataset(train_utts, train_ds.tokens, train_texts, d.sample_rate, d.skip_bad, feat_dim=feat_in))
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: %.2fM parameters", n_params / 1e6)
 

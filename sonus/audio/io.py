@@ -120,3 +120,27 @@ def save_audio(path: str | os.PathLike, wave: torch.Tensor | np.ndarray, sample_
     tmp = path.with_name(path.name + ".tmp")
     sf.write(str(tmp), wave, sample_rate, subtype="PCM_16", format="WAV")
     os.replace(tmp, path)
+
+
+def load_features(path: str | os.PathLike, dim: int | None = None) -> torch.Tensor:
+    """A feature sequence from a ``.npy`` file -> float32 (T, D), checked: 2-D, D == ``dim``
+    when given, at least one frame, finite. Read with ``allow_pickle=False`` (no code runs).
+
+    Raises:
+        AudioError: naming the file, when it is missing or not such an array.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(path, "feature file not found")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:  # truncated file, bad header, pickled object array
+        raise AudioError(path, f"cannot read features ({type(e).__name__}: {e})") from None
+    if x.ndim != 2 or x.shape[0] < 1 or not np.issubdtype(x.dtype, np.number):
+        raise AudioError(path, f"features must be a numeric (T, D) array with T >= 1, got {x.dtype} {x.shape}")
+    if dim is not None and x.shape[1] != dim:
+        raise AudioError(path, f"features have D = {x.shape[1]}, the model expects model.feat_in = {dim}")
+    x = x.astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        raise AudioError(path, "features contain NaN or infinity")
+    return torch.from_numpy(np.ascontiguousarray(x))

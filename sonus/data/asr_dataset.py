@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from sonus.audio.augment import speed_perturb
-from sonus.audio.io import AudioError, load_audio
+from sonus.audio.io import AudioError, load_audio, load_features
 from sonus.data.manifest import Utterance
 from sonus.text.normalize import normalize_text
 from sonus.text.tokenizer import Tokenizer, TokenizerError
@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ASRBatch:
-    """A padded batch. wave (B, S), wave_lengths (B,), targets (B, U) padded with 0, target_lengths (B,).
+    """A padded batch. wave (B, S) audio or (B, T, D) features, wave_lengths (B,) samples or frames,
+    targets (B, U) padded with 0, target_lengths (B,).
 
     ``skipped``: ids of this batch's unreadable files, dropped with ``skip_bad`` (they are
     counted in the main process even when a DataLoader worker loaded them). B may be 0.
@@ -62,18 +63,20 @@ def encode_transcripts(utts: list[Utterance], texts: list[str], tokenizer: Token
 
 
 class ASRDataset(Dataset):
-    """Items are (id, text, wave, tokens). With ``skip_bad``, an unreadable file is logged and its
-    item is a :class:`Skipped` marker that :func:`collate` records in the batch.
+    """Items are (id, text, wave, tokens): wave is audio (S,), or features (T, D) for a
+    ``feature_filepath`` record. With ``skip_bad``, an unreadable file is logged and its item is
+    a :class:`Skipped` marker that :func:`collate` records in the batch.
 
-    ``speed_factors``: training-time speed perturbation, one factor drawn per item.
+    ``speed_factors``: training-time speed perturbation of audio, one factor drawn per item.
+    ``feat_dim``: the feature dimension records with features must have.
     """
 
     def __init__(
         self, utts: list[Utterance], tokens: list[list[int]], texts: list[str], sample_rate: int = 16000,
-        skip_bad: bool = False, speed_factors: tuple[float, ...] | None = None,
+        skip_bad: bool = False, speed_factors: tuple[float, ...] | None = None, feat_dim: int | None = None,
     ) -> None:  # fmt: skip
         self.utts, self.tokens, self.texts = utts, tokens, texts
-        self.sample_rate, self.skip_bad = sample_rate, skip_bad
+        self.sample_rate, self.skip_bad, self.feat_dim = sample_rate, skip_bad, feat_dim
         self.speed_factors = tuple(speed_factors) if speed_factors else None
 
     def __len__(self) -> int:
@@ -82,6 +85,8 @@ class ASRDataset(Dataset):
     def __getitem__(self, i: int):
         u = self.utts[i]
         try:
+            if u.feature_filepath:
+                return u.id, self.texts[i], load_features(u.feature_filepath, self.feat_dim), self.tokens[i]
             wave = load_audio(u.audio_filepath, self.sample_rate, u.offset, u.duration if u.offset else None)
         except AudioError as e:
             if not self.skip_bad:
@@ -109,7 +114,9 @@ def collate(items: list) -> ASRBatch:
     ids, texts, waves, tokens = zip(*items)
     wl = torch.tensor([w.shape[0] for w in waves])
     tl = torch.tensor([len(t) for t in tokens])
-    wave = torch.zeros(len(items), int(wl.max()))
+    if len({w.shape[1:] for w in waves}) > 1:
+        raise ValueError(f"a batch mixes audio and feature records, or feature sizes: {sorted({tuple(w.shape[1:]) for w in waves})}")
+    wave = torch.zeros(len(items), int(wl.max()), *waves[0].shape[1:])  # (B, S) audio or (B, T, D) features
     targets = torch.zeros(len(items), max(1, int(tl.max())), dtype=torch.long)
     for i, (w, t) in enumerate(zip(waves, tokens)):
         wave[i, : w.shape[0]] = w

@@ -2,6 +2,9 @@
 
 Fields: ``id``, ``audio_filepath`` (relative to the manifest's folder, or absolute),
 ``duration`` (seconds), ``text``; optional ``offset`` (seconds) and ``speaker``.
+Instead of audio a line may give ``feature_filepath``: a ``.npy`` array (T, D) of any
+feature sequence (the model then has no audio front end, ``model.feat_in = D``); its
+``duration`` is the sequence's length in seconds (T x frame period), which batching uses.
 Every line is validated on load and an error names the file and the line.
 """
 
@@ -20,17 +23,24 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class Utterance:
-    """One manifest record; ``audio_filepath`` is always absolute after loading."""
+    """One manifest record; its file path (audio or features, exactly one) is absolute after loading."""
 
     id: str
-    audio_filepath: str
+    audio_filepath: str | None
     duration: float
     text: str
     offset: float = 0.0
     speaker: str | None = None
+    feature_filepath: str | None = None
+
+    @property
+    def path(self) -> str:
+        """The file this utterance is read from."""
+        return self.feature_filepath or self.audio_filepath or ""
 
 
-_REQUIRED = {"id": str, "audio_filepath": str, "duration": (int, float), "text": str}
+_REQUIRED = {"id": str, "duration": (int, float), "text": str}
+_PATHS = ("audio_filepath", "feature_filepath")
 
 
 def _parse_line(line: str, where: str, root: Path) -> Utterance:
@@ -55,16 +65,25 @@ def _parse_line(line: str, where: str, root: Path) -> Utterance:
     if not isinstance(offset, (int, float)) or offset < 0:
         raise ManifestError(f"{where}: field 'offset' must be a number >= 0, got {offset!r}")
     speaker = obj.get("speaker")
-    audio = Path(obj["audio_filepath"])
-    if not audio.is_absolute():
-        audio = root / audio
+    given = [k for k in _PATHS if k in obj]
+    if not given:
+        raise ManifestError(f"{where}: missing field 'audio_filepath' (or 'feature_filepath' for a feature sequence)")
+    if len(given) > 1:
+        raise ManifestError(f"{where}: give either 'audio_filepath' or 'feature_filepath', not both")
+    key = given[0]
+    if not isinstance(obj[key], str) or not obj[key]:
+        raise ManifestError(f"{where}: field '{key}' must be a non-empty string, got {obj[key]!r}")
+    file = Path(obj[key])
+    if not file.is_absolute():
+        file = root / file
     return Utterance(
         id=obj["id"],
-        audio_filepath=str(audio),
+        audio_filepath=str(file) if key == "audio_filepath" else None,
         duration=duration,
         text=text,
         offset=float(offset),
         speaker=None if speaker is None else str(speaker),
+        feature_filepath=str(file) if key == "feature_filepath" else None,
     )
 
 
@@ -94,8 +113,9 @@ def read_manifest(path: str | os.PathLike, check_files: bool = False) -> list[Ut
             if utt.id in seen:
                 raise ManifestError(f"{where}: duplicate id '{utt.id}' (first on line {seen[utt.id]})")
             seen[utt.id] = lineno
-            if check_files and not os.path.isfile(utt.audio_filepath):
-                raise ManifestError(f"{where}: audio file not found: {utt.audio_filepath}")
+            if check_files and not os.path.isfile(utt.path):
+                kind = "feature" if utt.feature_filepath else "audio"
+                raise ManifestError(f"{where}: {kind} file not found: {utt.path}")
             utterances.append(utt)
     if not utterances:
         raise ManifestError(f"{path}: manifest holds no utterances")
@@ -115,9 +135,11 @@ def write_manifest(path: str | os.PathLike, utterances: Iterable[Utterance], rel
     with open(tmp, "w", encoding="utf-8") as f:
         for utt in utterances:
             rec = asdict(utt)
-            audio = Path(rec["audio_filepath"])
-            if relative and audio.is_absolute() and audio.resolve().is_relative_to(root):
-                rec["audio_filepath"] = str(audio.resolve().relative_to(root))
+            key = "feature_filepath" if utt.feature_filepath else "audio_filepath"
+            del rec[_PATHS[1 - _PATHS.index(key)]]
+            file = Path(rec[key])
+            if relative and file.is_absolute() and file.resolve().is_relative_to(root):
+                rec[key] = str(file.resolve().relative_to(root))
             if rec["offset"] == 0.0:
                 del rec["offset"]
             if rec["speaker"] is None:

@@ -11,13 +11,16 @@ class TimeBudget(pl.Callback):
     """Stop after a validation when the next training + validation round would overrun ``minutes``.
 
     Unlike ``Trainer(max_time=...)``, which stops mid-round, the run ends right after a
-    validation, so the best checkpoint reflects all the training that was done.
+    validation, so the best checkpoint reflects all the training that was done. The next
+    round is expected to last as long as the last one: the first round also holds the
+    start-up (workers, the sanity check) and can take twice as long as the others, so
+    planning with the longest round would leave minutes of the budget unused.
     """
 
     def __init__(self, minutes: float) -> None:
         self.budget = minutes * 60.0
         self.start = self.last = 0.0
-        self.longest = 0.0
+        self.round = 0.0  # seconds of the last round: training since the previous validation + this one
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self.start = self.last = time.monotonic()
@@ -26,9 +29,8 @@ class TimeBudget(pl.Callback):
         if trainer.sanity_checking:
             return
         now = time.monotonic()
-        self.longest = max(self.longest, now - self.last)  # one round: training since the last validation + this one
-        self.last = now
-        if now - self.start + self.longest > self.budget:
+        self.round, self.last = now - self.last, now
+        if now - self.start + self.round > self.budget:
             trainer.should_stop = True
 
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-import torch
-
 from dataclasses import replace
 
-from sonus.asr.config import ASRModelConfig, EncoderConfig, JoinerConfig, LASConfig, PredictorConfig, TransducerLossConfig
+import pytest
+import torch
+
+from sonus.asr.config import (
+    ASRModelConfig,
+    EncoderConfig,
+    JoinerConfig,
+    LASConfig,
+    PredictorConfig,
+    TransducerLossConfig,
+)
 from sonus.asr.model import TwoPassASR, load_model, save_model
 from sonus.text.tokenizer import CharTokenizer
 
@@ -129,3 +137,23 @@ def test_pruned_loss_model():
     out.rnnt.backward()
     for m in (narrow.simple_am, narrow.simple_lm, narrow.joiner, narrow.predictor, narrow.encoder):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
+
+
+def test_ctc_only_model():
+    """transducer=False: no predictor or joiner; the CTC head is the first pass (LAS optional)."""
+    tok = CharTokenizer("abcdefg")
+    cfg = replace(small_config(tok.vocab_size), transducer=False, ctc_head=True)
+    model = TwoPassASR(cfg)
+    assert model.predictor is None and model.joiner is None
+    wave, wl, targets, tl = _batch(vocab=tok.vocab_size)
+    enc = model.encode(wave, wl)
+    out = model.losses(enc, targets, tl)
+    assert out.rnnt is None and torch.isfinite(out.ctc) and torch.isfinite(out.las)
+    out.ctc.backward()
+    assert model.encoder.lstm.weight_ih_l0.grad.abs().sum() > 0
+    lp = model.ctc_log_probs(enc.enc)
+    torch.testing.assert_close(lp.exp().sum(-1), torch.ones(3, 25))
+    with pytest.raises(ValueError, match="needs a first pass"):
+        TwoPassASR(replace(cfg, ctc_head=False))
+    with pytest.raises(ValueError, match="no CTC head"):
+        TwoPassASR(small_config(tok.vocab_size)).ctc_log_probs(enc.enc)

@@ -8,6 +8,7 @@ stream) differently from the same frame inside a longer call, by ~3e-8.
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 import torch
@@ -28,8 +29,9 @@ def setup():
     non-trivial CMVN statistics (so padding frames are not zeros after normalisation)."""
     torch.manual_seed(0)
     tok = CharTokenizer("abcde ")
-    model = TwoPassASR(small_config(tok.vocab_size), specaug=None, gain=None).eval()
+    model = TwoPassASR(replace(small_config(tok.vocab_size), ctc_head=True), specaug=None, gain=None).eval()
     with torch.no_grad():
+        model.ctc.weight.mul_(30.0)  # the CTC head is built last: the transducer's weights are as without it
         model.joiner.enc_proj.weight.mul_(30.0)
         model.joiner.out.weight.mul_(3.0)
         model.joiner.out.bias[0] += 2.0
@@ -64,6 +66,8 @@ OPTIONS = {
     "greedy": DecodingOptions(strategy="greedy", max_symbols_per_frame=3, las_weight=0.5),
     "modified_beam": DecodingOptions(strategy="modified_beam", beam_size=4, las_weight=0.5),
     "beam": DecodingOptions(strategy="beam", beam_size=3, max_symbols_per_frame=2, las_weight=0.5),
+    "ctc_greedy": DecodingOptions(strategy="ctc_greedy", las_weight=0.5),
+    "ctc_prefix_beam": DecodingOptions(strategy="ctc_prefix_beam", beam_size=4, las_weight=0.5),
 }
 
 

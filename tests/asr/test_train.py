@@ -126,3 +126,21 @@ def test_conformer_encoder_trains(tone_corpus, tmp_path):
     assert val[-1] < 0.7 * val[0], val
     model, _ = load_model(out / "last.ckpt")
     assert model.cfg.encoder.kind == "conformer" and model.cfg.encoder.conformer.d_model == 32
+
+
+def test_ctc_only_model_trains(tone_corpus, tmp_path):
+    """model.loss_weights.rnnt=0: no transducer; CTC first pass (validated with a CTC search), LAS second pass."""
+    out = tmp_path / "ctc"
+    cfg = compose("train", [
+        f"data.train_manifest={tone_corpus['train']}", f"data.dev_manifest={tone_corpus['dev']}", f"training.output_dir={out}",
+        "training.num_epochs=8", "model.loss_weights.rnnt=0", "model.loss_weights.ctc=1", "decoding.strategy=ctc_prefix_beam",
+        *TINY,
+    ])  # fmt: skip
+    train(cfg)
+    scalars = _scalars(out / "tensorboard")
+    assert {"val/loss_ctc", "val/wer_ctc", "val/cer_ctc", "val/wer_2pass", "train/loss_ctc"} <= set(scalars)
+    assert "val/loss_rnnt" not in scalars and "train/loss_rnnt" not in scalars
+    val = scalars["val/loss_ctc"]
+    assert val[-1] < 0.7 * val[0], val
+    model, _ = load_model(out / "last.ckpt")
+    assert model.predictor is None and model.ctc is not None and not model.cfg.transducer

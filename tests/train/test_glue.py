@@ -56,14 +56,16 @@ def test_atomic_checkpoint_round_trip_weights_only(tmp_path):
 
 
 def test_time_budget_stops_before_overrun(monkeypatch):
-    clock = iter([0.0, 60.0, 130.0])
+    clock = iter([0.0, 100.0, 150.0, 200.0])
     monkeypatch.setattr("sonus.train.callbacks.time.monotonic", lambda: next(clock))
-    cb = TimeBudget(minutes=3)
+    cb = TimeBudget(minutes=4)
     trainer = SimpleNamespace(sanity_checking=False, should_stop=False)
     cb.on_fit_start(trainer, None)
-    cb.on_validation_end(trainer, None)  # t=60: 60 + 60 < 180, go on
+    cb.on_validation_end(trainer, None)  # t=100: a slow first round (start-up); 100 + 100 < 240, go on
     assert not trainer.should_stop
-    cb.on_validation_end(trainer, None)  # t=130: 130 + 70 > 180, stop now
+    cb.on_validation_end(trainer, None)  # t=150: rounds take 50 s now; 150 + 50 < 240, go on
+    assert not trainer.should_stop  # (planning with the longest round, 150 + 100 > 240, would stop here)
+    cb.on_validation_end(trainer, None)  # t=200: 200 + 50 > 240, stop now
     assert trainer.should_stop
 
 

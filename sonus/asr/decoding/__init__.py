@@ -1,12 +1,17 @@
 """Decoding: an options dataclass and small strategy objects (greedy, beam, rescoring).
 
-First pass (``DecodingOptions.strategy``), each a :class:`TransducerSearch` batched over utterances:
+First pass (``DecodingOptions.strategy``), each batched over utterances: a :class:`TransducerSearch`
+on the predictor and joiner, or a :class:`CTCSearch` on the CTC head (``model.ctc``)::
 
-    greedy         GreedySearch: label-looping, up to ``max_symbols_per_frame`` labels a frame
-    modified_beam  ModifiedBeamSearch: beam ``beam_size``, at most one label a frame
-    beam           BeamSearch: time-synchronous beam, up to ``max_symbols_per_frame`` labels a frame
+    greedy           GreedySearch: label-looping, up to ``max_symbols_per_frame`` labels a frame
+    modified_beam    ModifiedBeamSearch: beam ``beam_size``, at most one label a frame
+    beam             BeamSearch: time-synchronous beam, up to ``max_symbols_per_frame`` labels a frame
+    ctc_greedy       CTCGreedySearch: best path, repeats collapsed, blanks dropped
+    ctc_prefix_beam  CTCPrefixBeamSearch: prefix beam ``beam_size``, ``beam_size`` tokens tried a frame
 
-Second pass (``second_pass``): LAS rescoring of the n-best, LAS beam search, or none.
+The decoder binds the search to the model parts it needs (:class:`FirstPass`), so it and the
+streaming decoder drive every strategy alike. Second pass (``second_pass``): LAS rescoring of
+the n-best (after a CTC first pass: WeNet's attention rescoring), LAS beam search, or none.
 """
 
 from __future__ import annotations
@@ -16,25 +21,47 @@ from collections.abc import Callable
 import torch
 
 from sonus.asr.decoding.beam import BeamSearch, BeamState, ModifiedBeamSearch
+from sonus.asr.decoding.ctc import (
+    CTCGreedySearch,
+    CTCGreedyState,
+    CTCPrefixBeamSearch,
+    CTCSearch,
+    PrefixBeamState,
+)
+from sonus.asr.decoding.first_pass import (
+    CTCFirstPass,
+    FirstPass,
+    TransducerFirstPass,
+    bind,
+)
 from sonus.asr.decoding.greedy import GreedySearch, GreedyState
 from sonus.asr.decoding.las import LASBeamSearch, combine, las_score_nbest
 from sonus.asr.decoding.search import TransducerSearch
-from sonus.asr.decoding.types import DecodeResult, DecodingOptions, Hypothesis
+from sonus.asr.decoding.types import (
+    CTC_STRATEGIES,
+    DecodeResult,
+    DecodingOptions,
+    Hypothesis,
+)
 from sonus.asr.model import EncoderOutput, TwoPassASR
 from sonus.text.tokenizer import Tokenizer
 
 __all__ = [
-    "BeamSearch", "BeamState", "DecodeResult", "Decoder", "DecodingOptions", "GreedySearch", "GreedyState", "Hypothesis",
-    "ModifiedBeamSearch", "TransducerSearch", "combine", "make_search",
+    "CTC_STRATEGIES", "BeamSearch", "BeamState", "CTCFirstPass", "CTCGreedySearch", "CTCGreedyState",
+    "CTCPrefixBeamSearch", "CTCSearch", "DecodeResult", "Decoder", "DecodingOptions", "FirstPass", "GreedySearch",
+    "GreedyState", "Hypothesis", "ModifiedBeamSearch", "PrefixBeamState", "TransducerFirstPass", "TransducerSearch",
+    "bind", "combine", "make_search",
 ]  # fmt: skip
 
 
-def make_search(options: DecodingOptions) -> TransducerSearch:
-    """The first-pass search object ``options.strategy`` names."""
-    strategies: dict[str, Callable[[], TransducerSearch]] = {
+def make_search(options: DecodingOptions) -> TransducerSearch | CTCSearch:
+    """The first-pass search object ``options.strategy`` names (not yet bound to a model: see :func:`bind`)."""
+    strategies: dict[str, Callable[[], TransducerSearch | CTCSearch]] = {
         "greedy": lambda: GreedySearch(options.max_symbols_per_frame),
         "modified_beam": lambda: ModifiedBeamSearch(options.beam_size),
         "beam": lambda: BeamSearch(options.beam_size, options.max_symbols_per_frame),
+        "ctc_greedy": lambda: CTCGreedySearch(),
+        "ctc_prefix_beam": lambda: CTCPrefixBeamSearch(options.beam_size),
     }
     return strategies[options.strategy]()
 
@@ -48,7 +75,8 @@ class Decoder:
 
     def __init__(self, model: TwoPassASR, tokenizer: Tokenizer, options: DecodingOptions) -> None:
         self.model, self.tokenizer, self.opts = model, tokenizer, options
-        self.search = make_search(options)
+        self.search = make_search(options)  # the strategy object, unbound
+        self.first_search = bind(self.search, model, options.strategy)  # bound: start(B, device), run(enc, lengths, state), results
         if options.second_pass != "none" and model.las is None:
             raise ValueError("decoding.second_pass needs a model with LAS (model.las.enabled=true)")
 
@@ -61,7 +89,7 @@ class Decoder:
 
     @torch.no_grad()
     def first_pass(self, enc: EncoderOutput) -> list[DecodeResult]:
-        return self.texts(self.search(self.model.predictor, self.model.joiner, enc.enc, enc.lengths))
+        return self.texts(self.first_search(enc.enc, enc.lengths))
 
     @torch.no_grad()
     def second_pass(self, enc: EncoderOutput, first: list[DecodeResult]) -> list[DecodeResult]:

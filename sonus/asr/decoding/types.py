@@ -5,16 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-Strategy = Literal["greedy", "modified_beam", "beam"]
+Strategy = Literal["greedy", "modified_beam", "beam", "ctc_greedy", "ctc_prefix_beam"]
+CTC_STRATEGIES = ("ctc_greedy", "ctc_prefix_beam")  # first pass on the CTC head, not the transducer
 SecondPass = Literal["none", "rescore", "las_beam"]
 
 
 @dataclass(frozen=True)
 class DecodingOptions:
-    """How to decode. ``las_weight`` is w in score = (1 - w) * rnnt + w * las."""
+    """How to decode. ``las_weight`` is w in score = (1 - w) * first pass + w * las, the first
+    pass being RNN-T (``strategy`` greedy, modified_beam, beam) or CTC (ctc_greedy, ctc_prefix_beam;
+    with rescoring, WeNet's attention rescoring)."""
 
     strategy: Strategy = "beam"
-    beam_size: int = 4
+    beam_size: int = 4  # RNN-T beam, or CTC prefix beam (which also keeps this many tokens a frame)
     max_symbols_per_frame: int = 10  # greedy and beam; modified_beam emits at most one
     second_pass: SecondPass = "rescore"
     las_weight: float = 0.5
@@ -32,6 +35,11 @@ class DecodingOptions:
         if self.beam_size < 1 or self.las_beam_size < 1:
             raise ValueError(f"beam sizes must be >= 1: {self.beam_size}, {self.las_beam_size}")
 
+    @property
+    def first_pass_kind(self) -> Literal["rnnt", "ctc"]:
+        """Which head the first pass decodes with."""
+        return "ctc" if self.strategy in CTC_STRATEGIES else "rnnt"
+
 
 @dataclass
 class Hypothesis:
@@ -39,7 +47,7 @@ class Hypothesis:
 
     tokens: list[int]
     score: float
-    rnnt_score: float
+    rnnt_score: float  # the first pass' log-probability: RNN-T's, or CTC's with a CTC first pass
     las_score: float | None = None
     text: str = ""
 
