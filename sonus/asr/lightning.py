@@ -66,6 +66,7 @@ class ASRLightning(pl.LightningModule):
         self._val_final: list[str] = []
         self._val_losses: list[tuple[float, float, float, int]] = []
         self._val_attention: tuple | None = None
+        self._seen: set[str] = set()  # ids this rank trained on this epoch (the replica check at the end of a DDP run)
 
     # -- losses ---------------------------------------------------------------------------
     def _losses(self, batch: ASRBatch):
@@ -91,6 +92,7 @@ class ASRLightning(pl.LightningModule):
             return None
         if self.model.gain is not None:
             self.model.gain.step = self.global_step
+        self._seen.update(batch.ids)
         total, parts, _, out = self._losses(batch)
         bs = len(batch)
         self.log("train/loss_total", total, prog_bar=True, batch_size=bs)
@@ -163,6 +165,7 @@ class ASRLightning(pl.LightningModule):
         for k, v in metrics.items():
             self.log(k, v, prog_bar=k in (f"val/wer_{f}", "val/wer_2pass"), sync_dist=True)
         self.log("epoch", float(self.current_epoch))
+        self.log("val_loss", avg[0], sync_dist=True)  # val/loss_total, under the name checkpoint file patterns use
         # best.ckpt follows the WER; the CER breaks ties (early on every WER is 100%).
         key = "2pass" if self.has_las else f
         self.log("val/select", metrics[f"val/wer_{key}"] + 1e-3 * metrics[f"val/cer_{key}"], sync_dist=True)
@@ -181,6 +184,30 @@ class ASRLightning(pl.LightningModule):
                 log_image(self.loggers, "val/attention", png, self.global_step)
             plot_curves(self.curves, Path(self.opts.plot_dir) / "loss_curve.png")
 
+    def on_train_epoch_start(self) -> None:
+        self._seen = set()
+
+    def on_train_end(self) -> None:
+        """Under DDP, check the replicas: every rank must hold the same weights, and in the last
+        epoch the ranks must have trained on different utterances. Logged by rank 0; diverged
+        weights are an error."""
+        world = self.trainer.world_size
+        if world < 2 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+            return
+        digest = torch.stack([p.detach().double().sum() for p in self.model.parameters()]).sum()
+        digests: list = [None] * world
+        seen: list = [None] * world
+        torch.distributed.all_gather_object(digests, float(digest))
+        torch.distributed.all_gather_object(seen, sorted(self._seen))
+        shared = set(seen[0]).intersection(*map(set, seen[1:]))
+        if self.trainer.is_global_zero:
+            log.info(
+                "DDP: %d ranks; weight checksums %s (identical: %s); last epoch's utterances per rank %s, on more than one rank: %d",
+                world, digests, len(set(digests)) == 1, [len(x) for x in seen], len(shared),
+            )  # fmt: skip
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"DDP replicas diverged: weight checksums {digests}")
+
     # -- optimisation and checkpoints -----------------------------------------------------
     def configure_optimizers(self):
         c = self.optim_cfg
@@ -196,10 +223,17 @@ class ASRLightning(pl.LightningModule):
             "normalize": dict(self.opts.normalize),
         }
         checkpoint["curves"] = {k: [list(p) for p in v] for k, v in self.curves.items()}
+        # The random streams too (dropout, SpecAugment, DataLoader worker seeds), so a resumed run
+        # continues exactly as one that was never interrupted.
+        checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         for k, v in checkpoint.get("curves", {}).items():
             self.curves[k] = [tuple(p) for p in v]
+        rng = checkpoint.get("rng")
+        if rng is not None:
+            torch.set_rng_state(rng["torch"])
+            random.setstate((3, tuple(rng["python"]), None))
 
 
 def seed_everything(seed: int) -> None:

@@ -20,6 +20,7 @@ from sonus.asr.config import (
 from sonus.asr.decoding import DecodingOptions
 from sonus.asr.lightning import ASRLightning, OptimConfig, TrainOptions, seed_everything
 from sonus.asr.model import TwoPassASR
+from sonus.audio.augment import NoiseConfig, NoiseMixer
 from sonus.audio.features import GainAugmentConfig, SpecAugmentConfig
 from sonus.data.asr_dataset import (
     ASRDataset,
@@ -130,9 +131,14 @@ def train(cfg: DictConfig) -> Path:
                 f"data.{name}_manifest: {n_feat} of {len(utts)} records are feature sequences and model.feat_in={feat_in}; "
                 "feature sequences (every record) need model.feat_in = D, audio needs model.feat_in=null"
             )
-    if feat_in is not None and speed:
-        raise ValueError("data.speed_perturb resamples audio; it does not apply to feature sequences (set it to null)")
-    train_ds = ASRDataset(train_utts, encode_transcripts(train_utts, train_texts, tok, d.train_manifest), train_texts, d.sample_rate, d.skip_bad, speed, feat_in)
+    if feat_in is not None and (speed or d.get("noise")):
+        raise ValueError("data.speed_perturb and data.noise change audio; they do not apply to feature sequences (set them to null)")
+    noise = None
+    if d.get("noise"):
+        n = d.noise
+        noise = NoiseMixer(NoiseConfig(str(n.dir), float(n.get("prob", 0.5)), tuple(n.get("snr_db", (0.0, 20.0)))), int(d.sample_rate))
+        log.info("background noise: %d files from %s, p=%.2f, SNR %s dB", len(noise.files), n.dir, noise.cfg.prob, noise.cfg.snr_db)
+    train_ds = ASRDataset(train_utts, encode_transcripts(train_utts, train_texts, tok, d.train_manifest), train_texts, d.sample_rate, d.skip_bad, speed, feat_in, noise)
     dev_ds = ASRDataset(dev_utts, encode_transcripts(dev_utts, dev_texts, tok, d.dev_manifest), dev_texts, d.sample_rate, d.skip_bad, feat_dim=feat_in)
     log.info("train: %d utterances (%.2f h); dev: %d; vocabulary %d", len(train_utts), sum(u.duration for u in train_utts) / 3600, len(dev_utts), tok.vocab_size)
 

@@ -1,11 +1,19 @@
-"""Waveform augmentation applied while loading training audio."""
+"""Waveform augmentation applied while loading training audio: speed perturbation and
+background noise at a random SNR."""
 
 from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from sonus.audio.io import resample
+from sonus.audio.io import load_audio, resample
+
+NOISE_EXTENSIONS = (".wav", ".flac")
 
 
 def speed_perturb(wave: torch.Tensor, factor: float, sample_rate: int) -> torch.Tensor:
@@ -20,3 +28,63 @@ def speed_perturb(wave: torch.Tensor, factor: float, sample_rate: int) -> torch.
         raise ValueError(f"speed factor must be > 0, got {factor}")
     out = resample(wave.numpy().astype(np.float32), sample_rate, int(round(sample_rate / factor)))
     return torch.from_numpy(np.ascontiguousarray(out))
+
+
+def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    """``speech + g * noise`` for (T,) signals, ``g`` such that 10 log10(P_speech / P_noise) = ``snr_db``."""
+    assert speech.shape == noise.shape, (speech.shape, noise.shape)
+    p_speech, p_noise = float(np.mean(speech**2)), float(np.mean(noise**2))
+    if p_noise < 1e-12:
+        return speech
+    return speech + math.sqrt(p_speech / (p_noise * 10 ** (snr_db / 10))) * noise
+
+
+def noise_files(noise_dir: str | os.PathLike) -> list[Path]:
+    """The .wav/.flac files under ``noise_dir`` (recursively), sorted; an error if there are none."""
+    folder = Path(noise_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"noise folder not found: {folder}")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in NOISE_EXTENSIONS and p.is_file())
+    if not files:
+        raise ValueError(f"noise folder {folder} holds no {'/'.join(NOISE_EXTENSIONS)} files")
+    return files
+
+
+def noise_crop(noise: np.ndarray, start: int, length: int) -> np.ndarray:
+    """``length`` samples of ``noise`` from ``start``, looping a file shorter than that."""
+    return np.take(noise, np.arange(start, start + length), mode="wrap")
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    dir: str
+    prob: float = 0.5  # share of utterances that get noise
+    snr_db: tuple[float, float] = (0.0, 20.0)  # drawn uniformly
+
+
+class NoiseMixer:
+    """Training-time background noise: with probability ``prob``, a random stretch of a random
+    file of the folder, mixed at an SNR drawn from ``snr_db``. Files are loaded (resampled to
+    ``sample_rate``) on first use and kept; draws come from torch's generator, which Lightning
+    seeds per DataLoader worker."""
+
+    def __init__(self, cfg: NoiseConfig, sample_rate: int) -> None:
+        lo, hi = cfg.snr_db
+        if not 0.0 <= cfg.prob <= 1.0 or lo > hi:
+            raise ValueError(f"data.noise: prob must be in [0, 1] and snr_db a [low, high] range, got {cfg}")
+        self.cfg, self.sample_rate = cfg, sample_rate
+        self.files = noise_files(cfg.dir)
+        self._cache: dict[Path, np.ndarray] = {}
+
+    def __call__(self, wave: torch.Tensor) -> torch.Tensor:
+        """wave (S,) -> (S,), noisy or unchanged."""
+        if wave.numel() == 0 or float(torch.rand(())) >= self.cfg.prob:
+            return wave
+        path = self.files[int(torch.randint(len(self.files), ()))]
+        if path not in self._cache:
+            self._cache[path] = load_audio(path, self.sample_rate).numpy()
+        noise = self._cache[path]
+        crop = noise_crop(noise, int(torch.randint(len(noise), ())), wave.shape[0])
+        lo, hi = self.cfg.snr_db
+        snr = lo + (hi - lo) * float(torch.rand(()))
+        return torch.from_numpy(mix_at_snr(wave.numpy(), crop, snr).astype(np.float32))

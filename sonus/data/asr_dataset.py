@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch.utils.data import Dataset
 
-from sonus.audio.augment import speed_perturb
+from sonus.audio.augment import NoiseMixer, speed_perturb
 from sonus.audio.io import AudioError, load_audio, load_features
 from sonus.data.manifest import Utterance
 from sonus.text.normalize import normalize_text
@@ -68,13 +68,16 @@ class ASRDataset(Dataset):
     a :class:`Skipped` marker that :func:`collate` records in the batch.
 
     ``speed_factors``: training-time speed perturbation of audio, one factor drawn per item.
+    ``noise``: training-time background noise (after speed perturbation).
     ``feat_dim``: the feature dimension records with features must have.
     """
 
     def __init__(
         self, utts: list[Utterance], tokens: list[list[int]], texts: list[str], sample_rate: int = 16000,
         skip_bad: bool = False, speed_factors: tuple[float, ...] | None = None, feat_dim: int | None = None,
+        noise: NoiseMixer | None = None,
     ) -> None:  # fmt: skip
+        self.noise = noise
         self.utts, self.tokens, self.texts = utts, tokens, texts
         self.sample_rate, self.skip_bad, self.feat_dim = sample_rate, skip_bad, feat_dim
         self.speed_factors = tuple(speed_factors) if speed_factors else None
@@ -96,6 +99,8 @@ class ASRDataset(Dataset):
         if self.speed_factors:
             factor = self.speed_factors[int(torch.randint(len(self.speed_factors), ()))]
             wave = speed_perturb(wave, factor, self.sample_rate)
+        if self.noise is not None:
+            wave = self.noise(wave)
         return u.id, self.texts[i], wave, self.tokens[i]
 
 

@@ -7,7 +7,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import (
+    EarlyStopping,
+    EMAWeightAveraging,
+    ModelCheckpoint,
+    RichProgressBar,
+    TQDMProgressBar,
+)
 
 from sonus.train.callbacks import SaveLast, TimeBudget
 from sonus.train.checkpoint import AtomicCheckpointIO
@@ -17,13 +23,24 @@ from sonus.train.loggers import build_loggers
 def build_trainer(cfg: Any, output_dir: Path, monitor: str, mode: str = "min") -> pl.Trainer:
     """cfg is the whole run config (``training``, ``wandb``, ``tensorboard`` groups).
 
-    ``output_dir`` gets ``best.ckpt`` (by ``monitor``) and ``last.ckpt``.
+    ``output_dir`` gets ``best.ckpt`` (by ``monitor``), ``last.ckpt``, and the
+    ``training.save_top_k`` best by validation loss (the task logs it as ``val_loss``), named
+    ``training.checkpoint_filename`` (e.g. ``rnnt-{epoch:02d}-{val_loss:.2f}``).
+    ``training.early_stopping`` ({patience, min_delta}) stops when ``monitor`` stops improving.
     """
     t = cfg.training
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(dirpath=str(output_dir), filename="best", monitor=monitor, mode=mode, save_top_k=1, save_last=False, auto_insert_metric_name=False, enable_version_counter=False),
         SaveLast(str(output_dir / "last.ckpt")),
     ]
+    if int(t.get("save_top_k", 0)) > 0:
+        callbacks.append(ModelCheckpoint(
+            dirpath=str(output_dir), filename=str(t.checkpoint_filename), monitor="val_loss", mode="min",
+            save_top_k=int(t.save_top_k), auto_insert_metric_name=False,
+        ))  # fmt: skip
+    if t.get("early_stopping"):
+        es = t.early_stopping
+        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=int(es.get("patience", 5)), min_delta=float(es.get("min_delta", 0.0))))
     if t.get("ema_decay"):  # validate and checkpoint an exponential moving average of the weights
         callbacks.append(EMAWeightAveraging(decay=float(t.ema_decay), update_starting_at_step=int(t.get("ema_start_step", 0))))
     if t.get("time_budget_minutes"):

@@ -56,6 +56,16 @@ def test_training_lowers_loss_and_logs_every_key(trained):
     assert sorted((out / "plots").glob("attention_epoch*.png")) and (out / "plots" / "loss_curve.png").is_file()
 
 
+def test_top_k_checkpoints_by_validation_loss(trained):
+    """training.save_top_k=3 files named rnnt-{epoch:02d}-{val_loss:.2f}.ckpt: the 3 lowest val/loss_total."""
+    out, _ = trained
+    files = sorted(out.glob("rnnt-*.ckpt"))
+    assert len(files) == 3, files
+    val = _scalars(out / "tensorboard")["val/loss_total"]
+    assert sorted(float(f.stem.split("-")[2]) for f in files) == pytest.approx(sorted(val)[:3], abs=0.006)
+    load_model(files[0])  # self-contained like best.ckpt
+
+
 def test_checkpoint_is_self_contained_and_weights_only(trained):
     out, _ = trained
     raw = torch.load(out / "best.ckpt", map_location="cpu", weights_only=True)  # must not need pickle
@@ -144,3 +154,19 @@ def test_ctc_only_model_trains(tone_corpus, tmp_path):
     assert val[-1] < 0.7 * val[0], val
     model, _ = load_model(out / "last.ckpt")
     assert model.predictor is None and model.ctc is not None and not model.cfg.transducer
+
+
+def test_resume_gives_the_uninterrupted_result(tone_corpus, tmp_path):
+    """Train 4 epochs at once, or 2 then resume from last.ckpt for 2 more: the same weights.
+    The checkpoint restores model, optimizer, schedule, loop position and the random streams."""
+    common = [f"data.train_manifest={tone_corpus['train']}", f"data.dev_manifest={tone_corpus['dev']}", *TINY]
+    once, twice = tmp_path / "once", tmp_path / "twice"
+    train(compose("train", [*common, f"training.output_dir={once}", "training.num_epochs=4"]))
+    train(compose("train", [*common, f"training.output_dir={twice}", "training.num_epochs=2"]))
+    train(compose("train", [*common, f"training.output_dir={twice}", "training.num_epochs=4"]))  # resumes
+    a = torch.load(once / "last.ckpt", weights_only=True)
+    b = torch.load(twice / "last.ckpt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3 and a["global_step"] == b["global_step"] > 0
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+    assert _scalars(once / "tensorboard")["val/loss_total"][-1] == pytest.approx(_scalars(twice / "tensorboard")["val/loss_total"][-1])

@@ -13,7 +13,8 @@ import soundfile as sf
 from sonus.data.manifest import read_manifest
 from sonus.data.recipes import synth
 from sonus.audio import espeak
-from sonus.data.recipes.synth import fit_silence, list_voices, mix_at_snr, prepare_synth
+from sonus.audio.augment import mix_at_snr
+from sonus.data.recipes.synth import fit_silence, list_voices, prepare_synth
 from sonus.data.recipes.text_gen import (
     TEXT_RE,
     SentenceGenerator,

@@ -9,7 +9,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sonus.audio.augment import speed_perturb
+import numpy as np
+import soundfile as sf
+
+from sonus.audio.augment import NoiseConfig, NoiseMixer, speed_perturb
 from sonus.train.callbacks import TimeBudget
 from sonus.train.checkpoint import AtomicCheckpointIO
 from sonus.train.plots import plot_attention, plot_curves
@@ -78,3 +81,37 @@ def test_speed_perturb_changes_length_and_pitch():
     peak = torch.fft.rfft(fast).abs().argmax().item() * sr / fast.shape[0]
     assert abs(peak - 550) < 5
     assert speed_perturb(wave, 1.0, sr) is wave
+
+
+def test_noise_mixer_hits_the_snr_range(tmp_path):
+    g = np.random.default_rng(0)
+    sf.write(tmp_path / "hum.wav", 0.1 * np.sin(np.arange(8000) * 0.3).astype(np.float32), 16000)  # shorter than speech: looped
+    sf.write(tmp_path / "hiss.wav", (0.05 * g.standard_normal(48000)).astype(np.float32), 16000)
+    torch.manual_seed(0)
+    speech = torch.from_numpy((0.3 * g.standard_normal(20000)).astype(np.float32))
+    mixer = NoiseMixer(NoiseConfig(str(tmp_path), prob=1.0, snr_db=(5.0, 10.0)), 16000)
+    assert len(mixer.files) == 2
+    for _ in range(10):
+        noisy = mixer(speech)
+        assert noisy.shape == speech.shape
+        snr = 10 * math.log10(float(speech.square().mean()) / float((noisy - speech).square().mean()))
+        assert 5.0 - 1e-3 <= snr <= 10.0 + 1e-3, snr
+    assert NoiseMixer(NoiseConfig(str(tmp_path), prob=0.0), 16000)(speech) is speech
+    with pytest.raises(FileNotFoundError, match="noise folder not found"):
+        NoiseMixer(NoiseConfig(str(tmp_path / "none")), 16000)
+    with pytest.raises(ValueError, match="prob must be in"):
+        NoiseMixer(NoiseConfig(str(tmp_path), prob=1.5), 16000)
+
+
+def test_build_trainer_adds_top_k_and_early_stopping(tmp_path):
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    from sonus.cli import compose
+    from sonus.train.trainer import build_trainer
+
+    cfg = compose("train", ["wandb.enabled=false", "tensorboard.enabled=false", "training.early_stopping={patience: 2}"])
+    trainer = build_trainer(cfg, tmp_path, monitor="val/select")
+    es = [c for c in trainer.callbacks if isinstance(c, EarlyStopping)]
+    assert len(es) == 1 and es[0].patience == 2 and es[0].monitor == "val/select"
+    ck = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor == "val_loss"]
+    assert len(ck) == 1 and ck[0].save_top_k == 3 and ck[0].filename == "rnnt-{epoch:02d}-{val_loss:.2f}"

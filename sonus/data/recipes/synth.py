@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import multiprocessing as mp
 import os
 import time
@@ -36,6 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sonus.audio import espeak
+from sonus.audio.augment import mix_at_snr, noise_crop, noise_files
 from sonus.audio.espeak import EspeakEngine, VoiceSettings, load_library, espeak_paths, get_engine
 from sonus.audio.io import load_audio, resample, save_audio
 from sonus.data.manifest import Utterance, write_manifest
@@ -59,7 +59,6 @@ PITCH = (30, 70)  # 0..100, default 50
 PITCH_RANGE = (30, 80)  # 0..100, default 50
 VOLUME = (70, 120)  # 0..200, default 100
 KEEP_SILENCE_S = 0.075  # silence framing the speech after trimming
-NOISE_EXTENSIONS = (".wav", ".flac")
 
 _SHARD_SIZE = 100
 _STALL_TIMEOUT_S = 300.0  # no shard done for this long: a worker died; the rest counts as failed
@@ -111,15 +110,6 @@ def fit_silence(wave: np.ndarray, sample_rate: int, keep_s: float = KEEP_SILENCE
     return np.pad(speech, (max(0, -start), max(0, end - len(wave)))).astype(np.float32)
 
 
-def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
-    """``speech + g * noise`` for (T,) signals, ``g`` such that 10 log10(P_speech / P_noise) = ``snr_db``."""
-    assert speech.shape == noise.shape, (speech.shape, noise.shape)
-    p_speech, p_noise = float(np.mean(speech**2)), float(np.mean(noise**2))
-    if p_noise < 1e-12:
-        return speech
-    return speech + math.sqrt(p_speech / (p_noise * 10 ** (snr_db / 10))) * noise
-
-
 @dataclass(frozen=True)
 class _UttSpec:
     id: str
@@ -142,7 +132,7 @@ def _render(spec: _UttSpec, engine: EspeakEngine) -> np.ndarray:
             _NOISE_CACHE[spec.noise_path] = load_audio(spec.noise_path, SAMPLE_RATE).numpy()
         noise = _NOISE_CACHE[spec.noise_path]
         start = int(spec.noise_offset * len(noise))
-        noise = np.take(noise, np.arange(start, start + len(wave)), mode="wrap")  # loops short files
+        noise = noise_crop(noise, start, len(wave))
         wave = mix_at_snr(wave, noise, spec.snr_db)
     peak = float(np.max(np.abs(wave)))
     return (wave * (0.99 / peak) if peak > 0.99 else wave).astype(np.float32)
@@ -187,16 +177,6 @@ class SynthSummary:
     @property
     def hours(self) -> float:
         return sum(s.hours for s in self.splits.values())
-
-
-def _noise_files(noise_dir: str | os.PathLike) -> list[Path]:
-    folder = Path(noise_dir)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"noise_dir is not a folder: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in NOISE_EXTENSIONS and p.is_file())
-    if not files:
-        raise ValueError(f"noise_dir {folder} holds no {'/'.join(NOISE_EXTENSIONS)} files")
-    return files
 
 
 def _plan(out: Path, sizes: dict[str, int], seed: int, gen: SentenceGenerator, voices: dict[str, list[str]],
@@ -325,7 +305,7 @@ def prepare_synth(
                          f"got noise_prob={noise_prob}, noise_dir={noise_dir}, snr_db={snr_db}")  # fmt: skip
     t0 = time.perf_counter()
     out = Path(output_dir).resolve()
-    noise = _noise_files(noise_dir) if noise_prob > 0 and noise_dir is not None else []
+    noise = noise_files(noise_dir) if noise_prob > 0 and noise_dir is not None else []
     lib_path, data_path = espeak_paths()
     version = load_library(lib_path).espeak_Info(None).decode()  # a clear error before any work
     train_voices, test_voices = list_voices(data_path, test_variants)
