@@ -66,6 +66,10 @@ class TransducerLossConfig:
     warmup_steps: int = 1000
     fastemit_lambda: float = 0.0  # FastEmit (Yu et al. 2021): lower streaming emission delay
 
+    def __post_init__(self) -> None:
+        if self.kind not in ("full", "pruned"):
+            raise ValueError(f"model.loss must be 'full' or 'pruned', got {self.kind!r}")
+
 
 @dataclass(frozen=True)
 class ASRModelConfig:

@@ -85,8 +85,6 @@ class TwoPassASR(nn.Module):
             self.joiner = Joiner(self.encoder.out_dim, self.predictor.out_dim, cfg.joiner.hidden, cfg.vocab_size)
         self.las = LAS(self.encoder.out_dim, cfg.vocab_size, cfg.las) if cfg.las.enabled else None
         self.ctc = nn.Linear(self.encoder.out_dim, cfg.vocab_size) if cfg.ctc_head else None
-        if cfg.rnnt_loss.kind not in ("full", "pruned"):
-            raise ValueError(f"model.loss must be 'full' or 'pruned', got {cfg.rnnt_loss.kind!r}")
         self.simple_am = self.simple_lm = None
         if cfg.transducer and cfg.rnnt_loss.kind == "pruned":  # the simple loss' additive joiner (training only)
             self.simple_am = nn.Linear(self.encoder.out_dim, cfg.vocab_size)

@@ -157,3 +157,8 @@ def test_ctc_only_model():
         TwoPassASR(replace(cfg, ctc_head=False))
     with pytest.raises(ValueError, match="no CTC head"):
         TwoPassASR(small_config(tok.vocab_size)).ctc_log_probs(enc.enc)
+
+
+def test_unknown_loss_kind_is_refused():
+    with pytest.raises(ValueError, match="model.loss must be 'full' or 'pruned', got 'fast'"):
+        TransducerLossConfig(kind="fast")
