@@ -51,6 +51,7 @@ class LASConfig:
     location_channels: int = 10
     location_kernel: int = 31
     dropout: float = 0.1
+    train_fraction: float = 1.0  # share of each training batch the LAS loss sees (its decoder loop is costly)
 
 
 @dataclass(frozen=True)

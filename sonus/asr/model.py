@@ -141,8 +141,11 @@ class TwoPassASR(nn.Module):
                 l_ctc = l_ctc / targets.shape[0]  # per utterance, like the RNN-T loss
         if self.las is None:
             return ASRLosses(l_rnnt, None, None, l_ctc, rnnt_parts)
-        out = self.las(enc.enc, enc.lengths, targets)
-        return ASRLosses(l_rnnt, las_loss(out, targets, target_lengths, label_smoothing), out, l_ctc, rnnt_parts)
+        n = targets.shape[0]
+        if self.training and self.cfg.las.train_fraction < 1.0:  # batches are shuffled: the first n are a random subset
+            n = max(1, round(n * self.cfg.las.train_fraction))
+        out = self.las(enc.enc[:n], enc.lengths[:n], targets[:n])
+        return ASRLosses(l_rnnt, las_loss(out, targets[:n], target_lengths[:n], label_smoothing), out, l_ctc, rnnt_parts)
 
     def ctc_log_probs(self, enc: torch.Tensor) -> torch.Tensor:
         """Encoder output (B, T, H) -> CTC log-probabilities (B, T, V), in fp32."""

@@ -63,6 +63,7 @@ def model_config_from(m: DictConfig, vocab_size: int, n_mels: int, sample_rate: 
             embedding_dim=las.embedding_dim,
             attention=las.attention,
             dropout=m.dropout,
+            train_fraction=float(las.get("train_fraction", 1.0)),
         ),
         ctc_head=float(m.loss_weights.get("ctc", 0.0)) > 0,
         transducer=float(m.loss_weights.get("rnnt", 1.0)) > 0,

@@ -162,3 +162,14 @@ def test_ctc_only_model():
 def test_unknown_loss_kind_is_refused():
     with pytest.raises(ValueError, match="model.loss must be 'full' or 'pruned', got 'fast'"):
         TransducerLossConfig(kind="fast")
+
+
+def test_las_train_fraction_uses_part_of_the_batch_in_training_only():
+    tok = CharTokenizer("abcdefg")
+    cfg = small_config(tok.vocab_size)
+    model = TwoPassASR(replace(cfg, las=replace(cfg.las, train_fraction=0.5)))
+    wave, wl, targets, tl = _batch(B=3, vocab=tok.vocab_size)
+    enc = model.encode(wave, wl)
+    assert model.losses(enc, targets, tl).las_output.logits.shape[0] == 2  # round(3 * 0.5)
+    model.eval()
+    assert model.losses(model.encode(wave, wl), targets, tl).las_output.logits.shape[0] == 3
