@@ -75,8 +75,7 @@ class Decoder:
 
     def __init__(self, model: TwoPassASR, tokenizer: Tokenizer, options: DecodingOptions) -> None:
         self.model, self.tokenizer, self.opts = model, tokenizer, options
-        self.search = make_search(options)  # the strategy object, unbound
-        self.first_search = bind(self.search, model, options.strategy)  # bound: start(B, device), run(enc, lengths, state), results
+        self.first_search = bind(make_search(options), model, options.strategy)  # start(B, device), run(enc, lengths, state), results
         if options.second_pass != "none" and model.las is None:
             raise ValueError("decoding.second_pass needs a model with LAS (model.las.enabled=true)")
 
