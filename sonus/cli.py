@@ -22,12 +22,20 @@ USAGE = """usage: sonus COMMAND [MODE] [key=value ...]
   sonus train experiment=joint_ssi [training.output_dir=...] [data.train_manifest=...]
   sonus decode rnnt model.checkpoint=CKPT data.test_manifest=M decoding.beam_size=4 output_path=OUT
   sonus decode two_pass model.checkpoint=CKPT data.test_manifest=M decoding.beam_size_rnnt=4 decoding.beam_size_las=4 output_path=OUT
+  sonus prepare librimix source=LIBRISPEECH_DIR output_dir=data/librimix [sample_rate=8000] [noise_dir=DIR] [reverb=true]
+  sonus train experiment=sep_convtasnet [data=polsess data.root=DIR]   (also sep_dprnn, sep_sepformer, sep_spmamba)
+  sonus evaluate separation checkpoint=CKPT [variant=SER] [metrics.pesq=false] [metrics.stoi=false] output=results.csv
+  sonus separate checkpoint=CKPT input=FILE_OR_DIR output_dir=DIR
+  sonus transcribe checkpoint=ASR_CKPT [separation_checkpoint=SEP_CKPT] input=FILE_OR_DIR output_path=OUT.jsonl
+  sonus sweep experiment=sep_dprnn sweep=sep_dprnn [sweep.n_trials=20]   (Optuna; rerun to continue the study)
 
 Any config key can be overridden; add --cfg to print the composed config and exit.
 """
 
-PREPARE = ("synth", "ssi", "librispeech", "fsdd", "feature_synth")
+PREPARE = ("synth", "ssi", "librispeech", "fsdd", "feature_synth", "librimix")
 DECODE = ("rnnt", "two_pass")
+EVALUATE = ("separation",)
+MODES = {"prepare": PREPARE, "decode": DECODE, "evaluate": EVALUATE}
 
 
 def config_dir() -> Path:
@@ -57,9 +65,48 @@ def _prepare(mode: str, cfg: DictConfig) -> None:
         from sonus.data.recipes.librispeech import prepare_librispeech as fn
     elif mode == "feature_synth":
         from sonus.data.recipes.feature_synth import prepare_feature_synth as fn
+    elif mode == "librimix":
+        from sonus.data.recipes.librimix import prepare_librimix as fn
     else:
         from sonus.data.recipes.fsdd import prepare_fsdd as fn
     print(fn(**kw))
+
+
+def _train_fn(cfg: DictConfig):
+    """The training function of the config's task."""
+    task = cfg.get("task", "asr")
+    if task == "separation":
+        from sonus.separation.train import train
+    elif task == "asr":
+        from sonus.asr.train import train
+    else:
+        raise ValueError(f"task must be asr or separation, got {task!r}")
+    return train
+
+
+def _sweep(cfg: DictConfig, overrides: list[str]) -> None:
+    from sonus.train.sweep import SweepConfig, run_sweep
+
+    s, sep = cfg.sweep, cfg.get("task", "asr") == "separation"
+    out = Path(cfg.training.output_dir)
+    sc = SweepConfig(
+        study_name=s.study_name or cfg.wandb.get("run_name") or "sonus",
+        storage=s.storage or f"sqlite:///{out / 'sweep.db'}",
+        metric=s.metric or ("val/si_sdr" if sep else "val/select"),
+        direction=s.direction or ("maximize" if sep else "minimize"),
+        n_trials=int(s.n_trials), params=OmegaConf.to_container(s.params, resolve=True), seed=int(s.seed),
+        min_resource=int(s.min_resource), max_resource=s.max_resource, reduction_factor=int(s.reduction_factor),
+    )  # fmt: skip
+    train = _train_fn(cfg)
+
+    def one(values: dict, trial_dir: str, callbacks: list) -> None:
+        drawn = [f"{k}={v}" for k, v in values.items()]
+        train(compose("train", [*overrides, *drawn, f"training.output_dir={trial_dir}", "training.resume=false"]), callbacks)
+
+    study = run_sweep(sc, one, out)
+    done = [t for t in study.trials if t.value is not None]
+    if done:
+        print(f"best of {len(done)} trials: {sc.metric} = {study.best_value:.4f} with {study.best_params}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--cfg"]
     cmd, rest = argv[0], argv[1:]
     mode = None
-    if cmd in ("prepare", "decode"):
-        choices = PREPARE if cmd == "prepare" else DECODE
+    if cmd in MODES:
+        choices = MODES[cmd]
         if not rest or rest[0] not in choices:
             print(f"sonus {cmd}: expected one of {', '.join(choices)}\n\n{USAGE}", file=sys.stderr)
             return 2
@@ -82,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"sonus: arguments must be key=value overrides, got {bad}\n\n{USAGE}", file=sys.stderr)
         return 2
-    names = {"prepare": f"prepare/{mode}", "train": "train", "decode": "decode"}
+    names = {"prepare": f"prepare/{mode}", "train": "train", "sweep": "train", "decode": "decode", "evaluate": "evaluate", "separate": "separate", "transcribe": "transcribe"}
     if cmd not in names:
         print(f"sonus: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
         return 2
@@ -90,17 +137,36 @@ def main(argv: list[str] | None = None) -> int:
     if show:
         print(OmegaConf.to_yaml(cfg))
         return 0
+    threads = cfg.training.get("num_threads") if cmd in ("train", "sweep") else cfg.get("num_threads")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
     if cmd == "prepare":
         _prepare(mode, cfg)
     elif cmd == "train":
-        import torch
+        out = _train_fn(cfg)(cfg)
+        print(f"checkpoints and config in {out}; plots in {out / 'plots'}")
+    elif cmd == "sweep":
+        _sweep(cfg, rest)
+    elif cmd == "evaluate":
+        from sonus.separation.infer import run_evaluate
 
-        from sonus.asr.train import train
+        run_evaluate(cfg)
+    elif cmd == "transcribe":
+        from sonus.asr.decoding import DecodingOptions
+        from sonus.pipelines.separate_transcribe import transcribe
 
-        if cfg.training.get("num_threads"):
-            torch.set_num_threads(int(cfg.training.num_threads))
-        out = train(cfg)
-        print(f"checkpoints, tokenizer and config in {out}; plots in {out / 'plots'}")
+        d = cfg.decoding
+        opts = DecodingOptions(strategy=d.strategy, beam_size=int(d.beam_size), second_pass=d.second_pass, las_weight=float(d.las_weight))
+        res = transcribe(cfg.checkpoint, cfg.input, cfg.output_path, cfg.separation_checkpoint, opts, cfg.streams_dir)
+        for t in res:
+            print(f"{t.file} [{t.stream}]: {t.text}")
+        print(f"written to {cfg.output_path}")
+    elif cmd == "separate":
+        from sonus.separation.infer import run_separate
+
+        run_separate(cfg)
     else:
         from sonus.asr.infer import run_decode
 

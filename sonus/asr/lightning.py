@@ -7,7 +7,6 @@ needs arrives as arguments built from the config (asteroid's System does the sam
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from sonus.asr.model import TwoPassASR
 from sonus.data.asr_dataset import ASRBatch
 from sonus.metrics.wer import error_rates
 from sonus.text.tokenizer import Tokenizer, tokenizer_to_tensor
+from sonus.train.checkpoint import load_training_state, save_training_state
 from sonus.train.loggers import log_image
 from sonus.train.plots import plot_attention, plot_curves
 from sonus.train.schedule import warmup_decay
@@ -222,21 +222,7 @@ class ASRLightning(pl.LightningModule):
             "tokenizer": tokenizer_to_tensor(self.tokenizer),
             "normalize": dict(self.opts.normalize),
         }
-        checkpoint["curves"] = {k: [list(p) for p in v] for k, v in self.curves.items()}
-        # The random streams too (dropout, SpecAugment, DataLoader worker seeds), so a resumed run
-        # continues exactly as one that was never interrupted.
-        checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+        save_training_state(checkpoint, self.curves)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        for k, v in checkpoint.get("curves", {}).items():
-            self.curves[k] = [tuple(p) for p in v]
-        rng = checkpoint.get("rng")
-        if rng is not None:
-            torch.set_rng_state(rng["torch"])
-            random.setstate((3, tuple(rng["python"]), None))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-    pl.seed_everything(seed, workers=True, verbose=False)
+        load_training_state(checkpoint, self.curves)

@@ -43,6 +43,7 @@ from sonus.text.tokenizer import (
     tokenizer_from_tensor,
     tokenizer_to_tensor,
 )
+from sonus.train.checkpoint import read_checkpoint
 
 
 @dataclass
@@ -221,12 +222,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     Only tensors and plain containers are read (``weights_only=True``).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise RuntimeError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from e
+    ckpt = read_checkpoint(path, map_location)
     if "model_config" not in ckpt:
         ckpt = ckpt.get("sonus", {}) | {"state_dict": ckpt.get("state_dict", {})}
     if "model_config" not in ckpt:

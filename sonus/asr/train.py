@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
@@ -18,7 +19,7 @@ from sonus.asr.config import (
     TransducerLossConfig,
 )
 from sonus.asr.decoding import DecodingOptions
-from sonus.asr.lightning import ASRLightning, OptimConfig, TrainOptions, seed_everything
+from sonus.asr.lightning import ASRLightning, OptimConfig, TrainOptions
 from sonus.asr.model import TwoPassASR
 from sonus.audio.augment import NoiseConfig, NoiseMixer
 from sonus.audio.features import GainAugmentConfig, SpecAugmentConfig
@@ -37,7 +38,7 @@ from sonus.text.tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
-from sonus.train.trainer import build_trainer
+from sonus.train.trainer import build_trainer, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def _fit_cmvn(model: TwoPassASR, ds: ASRDataset, n: int = 200) -> None:
     model.cmvn.fit(feats, lengths, min_std=1.0 if model.frontend is not None else 1e-3)
 
 
-def train(cfg: DictConfig) -> Path:
+def train(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
     """Train the experiment in ``cfg``; returns the output folder (best.ckpt, last.ckpt, ...)."""
     out = Path(cfg.training.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -151,7 +152,7 @@ def train(cfg: DictConfig) -> Path:
     log.info("model: %.2fM parameters", n_params / 1e6)
 
     t = cfg.training
-    trainer = build_trainer(cfg, out, monitor="val/select")  # val/wer_2pass (or _rnnt), ties broken by CER
+    trainer = build_trainer(cfg, out, monitor="val/select", extra_callbacks=callbacks)  # val/wer_2pass (or _rnnt), ties broken by CER
     rank, world = trainer.global_rank, trainer.world_size
     train_sampler = DurationBucketSampler(
         [u.duration for u in train_utts], float(t.max_duration), int(t.batch_size), num_buckets=int(t.get("num_buckets", 10)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,14 @@ from sonus.train.checkpoint import AtomicCheckpointIO
 from sonus.train.loggers import build_loggers
 
 
-def build_trainer(cfg: Any, output_dir: Path, monitor: str, mode: str = "min") -> pl.Trainer:
+def build_trainer(cfg: Any, output_dir: Path, monitor: str, mode: str = "min", extra_callbacks: list[pl.Callback] | None = None) -> pl.Trainer:
     """cfg is the whole run config (``training``, ``wandb``, ``tensorboard`` groups).
 
     ``output_dir`` gets ``best.ckpt`` (by ``monitor``), ``last.ckpt``, and the
     ``training.save_top_k`` best by validation loss (the task logs it as ``val_loss``), named
     ``training.checkpoint_filename`` (e.g. ``rnnt-{epoch:02d}-{val_loss:.2f}``).
     ``training.early_stopping`` ({patience, min_delta}) stops when ``monitor`` stops improving.
+    ``extra_callbacks`` (e.g. a sweep's pruning callback) are added as they are.
     """
     t = cfg.training
     callbacks: list[pl.Callback] = [
@@ -54,6 +56,7 @@ def build_trainer(cfg: Any, output_dir: Path, monitor: str, mode: str = "min") -
     if t.get("tf32", False) and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    callbacks.extend(extra_callbacks or [])
     loggers = build_loggers(cfg, output_dir)
     return pl.Trainer(
         default_root_dir=str(output_dir),
@@ -70,7 +73,8 @@ def build_trainer(cfg: Any, output_dir: Path, monitor: str, mode: str = "min") -
         logger=loggers or False,
         log_every_n_steps=int(t.get("log_every_n_steps", 10)),
         num_sanity_val_steps=int(t.get("num_sanity_val_steps", 0)),
-        limit_val_batches=t.get("limit_val_batches", 1.0),
+        limit_train_batches=t.get("limit_train_batches") or 1.0,
+        limit_val_batches=t.get("limit_val_batches") or 1.0,
         val_check_interval=t.get("val_check_interval", 1.0),
         check_val_every_n_epoch=int(t.get("check_val_every_n_epoch", 1)),
         use_distributed_sampler=False,  # our duration sampler shards by rank itself
@@ -78,3 +82,10 @@ def build_trainer(cfg: Any, output_dir: Path, monitor: str, mode: str = "min") -
         enable_model_summary=t.get("model_summary", True),
         deterministic=t.get("deterministic", False),
     )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, torch and (through Lightning) numpy and DataLoader workers."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    pl.seed_everything(seed, workers=True, verbose=False)

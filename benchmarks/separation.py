@@ -1,0 +1,169 @@
+"""Separation models side by side: parameters, CPU real-time factor, SI-SDRi after a training budget.
+
+    python benchmarks/separation.py --minutes 60 --models convtasnet      # the issue 5 target run
+    python benchmarks/separation.py --minutes 10                          # all four, 10 minutes each
+    python benchmarks/separation.py --rtf-only                            # parameters and RTF, no training
+
+Data (8 kHz, 2 speakers + noise, LibriMix loudness): ``../shared/data/librispeech-mini``
+speakers are split as ``sonus prepare librimix`` splits them (3 test and 2 dev speakers held
+out, seed 42). Test (100 mixtures) and dev (40) are written once under --data by
+``prepare_librimix`` with held-out noise files (exercise_bike, sb_noise5); training mixes
+the remaining speakers and noises on the fly (dynamic mixing, new mixtures every epoch).
+Nothing of a test speaker or a test noise is seen in training.
+
+Each model trains in its own ``sonus train`` process with the CPU-sized overrides in MODELS
+for --minutes of wall-clock time on --threads threads (``training.time_budget_minutes``:
+stops after the validation that would overrun; ``max_time`` is a hard stop one minute
+later), then ``sonus evaluate separation`` scores the best checkpoint (by dev SI-SDR) on
+the test set: SI-SDRi (PIT) and, with --full-metrics, SDRi, PESQ-nb and STOI. RTF: one
+thread, a 10 s mixture, median of 3 runs (after a warm-up), forward only.
+
+Target (issue 5): SI-SDRi >= 8 dB for the best model within 60 CPU minutes of training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SOURCE = SHARED / "librispeech-mini" / "train-clean-5"
+TEST_NOISES = ("exercise_bike.wav", "sb_noise5.wav")
+
+# CPU-sized configurations (the registry's defaults are the papers' GPU sizes).
+MODELS: dict[str, dict] = {
+    "convtasnet": {"n_filters": 256, "kernel_size": 16, "bn_channels": 128, "hidden_channels": 256, "skip_channels": 128, "n_blocks": 8, "n_repeats": 2},
+    "dprnn": {"n_filters": 64, "kernel_size": 16, "bn_channels": 64, "hidden_size": 64, "chunk_size": 100, "num_layers": 4},
+    "sepformer": {"n_filters": 128, "kernel_size": 16, "d_model": 128, "nhead": 4, "d_ffn": 256, "num_layers": 2, "num_blocks": 2, "chunk_size": 100},
+    "spmamba": {},  # filled in from the model's CPU preset below
+}
+# SPMamba's scans cost ~8x DPRNN's step on CPU even this small (0.28M parameters: 6.8 s per batch of 4 x 3 s
+# on 2 threads, DPRNN below 0.9 s); its defaults (6.1M) take 38 s to separate 1 s on one thread.
+SPMAMBA_CPU = {"n_fft": 128, "stride": 64, "emb_dim": 16, "emb_ks": 4, "emb_hs": 4, "n_layers": 2, "d_state": 8, "expand": 2,
+               "attn_n_head": 2, "attn_approx_qk_dim": 128}
+
+
+def _params(name: str) -> dict:
+    return SPMAMBA_CPU if name == "spmamba" else MODELS[name]
+
+
+def prepare(data: Path) -> Path:
+    """Dev/test mixtures of held-out speakers and noises (once), and the training noise folder."""
+    from sonus.data.recipes.librimix import prepare_librimix
+
+    if not SOURCE.is_dir():
+        sys.exit(f"{SOURCE} not found: this benchmark reads ../shared/data (see its README)")
+    noise_all = sorted(p for p in (SHARED / "noise").glob("*.wav"))
+    folders = {"train": data / "noise_train", "test": data / "noise_test"}
+    for split, folder in folders.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        for p in noise_all:
+            if (p.name in TEST_NOISES) == (split == "test") and not (folder / p.name).exists():
+                (folder / p.name).symlink_to(p)
+    root = data / "librimix"
+    if not (root / "wav8k" / "min" / "metadata" / "mixture_test_mix_both.csv").is_file():
+        prepare_librimix(SOURCE, root, sample_rate=8000, mode="min", train_mixtures=0, dev_mixtures=40, test_mixtures=100,
+                         noise_dir=folders["test"], dev_speakers=2, test_speakers=3, seed=42, overwrite=True)  # fmt: skip
+    return root
+
+
+def rtf(name: str, seconds: float = 10.0, sample_rate: int = 8000) -> tuple[int, float]:
+    """(parameters, real-time factor at 1 thread) of the benchmark configuration of ``name``."""
+    from sonus.separation.models import build_model
+
+    torch.set_num_threads(1)
+    model = build_model(name, _params(name)).eval()
+    x = 0.1 * torch.randn(1, int(seconds * sample_rate))
+    times = []
+    with torch.inference_mode():
+        model(x[:, : sample_rate])  # warm-up
+        for _ in range(3):
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+    return sum(p.numel() for p in model.parameters()), statistics.median(times) / seconds
+
+
+def train_and_score(name: str, root: Path, data: Path, out: Path, minutes: float, threads: int, full: bool, overrides: list[str]) -> dict:
+    exp = out / name
+    params = [f"model.params.{k}={v}" for k, v in _params(name).items()]
+    hard = int(minutes + 1)
+    cmd = [
+        sys.executable, "-m", "sonus.cli", "train", f"experiment=sep_{name}", f"data.root={root}", "data.mixture=mix_both",
+        "data.dynamic_mixing.enabled=true", f"data.dynamic_mixing.source={SOURCE}", f"data.dynamic_mixing.noise={data / 'noise_train'}",
+        "data.dynamic_mixing.dev_speakers=2", "data.dynamic_mixing.test_speakers=3", "data.dynamic_mixing.num_items=1000",
+        "data.segment_seconds=3.0", "data.val_segment_seconds=4.0", "data.num_workers=0", *params,
+        f"training.output_dir={exp}", f"training.time_budget_minutes={minutes}", f"training.max_time=00:{hard // 60:02d}:{hard % 60:02d}:00",
+        f"training.num_threads={threads}", "training.progress_bar=tqdm", "wandb.enabled=false", "training.resume=false", *overrides,
+    ]  # fmt: skip
+    log = out / f"{name}.train.log"
+    t0 = time.time()
+    with open(log, "w") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False).returncode
+    if rc != 0:
+        raise RuntimeError(f"training {name} failed (exit {rc}); see {log}")
+    wall = (time.time() - t0) / 60
+    ckpt = torch.load(exp / "last.ckpt", map_location="cpu", weights_only=True)
+    steps, epochs = int(ckpt["global_step"]), int(ckpt["epoch"])
+    results = out / f"{name}_test.csv"
+    ev = [sys.executable, "-m", "sonus.cli", "evaluate", "separation", f"checkpoint={exp / 'best.ckpt'}", f"output={results}", f"num_threads={threads}"]
+    if not full:
+        ev += ["metrics.pesq=false", "metrics.stoi=false", "metrics.sdr=false"]
+    with open(out / f"{name}.eval.log", "w") as f:
+        rc = subprocess.run(ev, stdout=f, stderr=subprocess.STDOUT, check=False).returncode
+    if rc != 0:
+        raise RuntimeError(f"evaluating {name} failed (exit {rc}); see {out / f'{name}.eval.log'}")
+    with open(results.with_name(results.stem + "_summary.csv")) as f:
+        summary = {r["variant"]: r for r in csv.DictReader(f)}["overall"]
+    return {"steps": steps, "epochs": epochs, "train_min": wall, **{k: float(v) for k, v in summary.items() if k != "variant"}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--minutes", type=float, default=60.0, help="training budget per model (wall clock)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--data", default="data/bench_sep", help="where the test/dev mixtures and noise folders go")
+    ap.add_argument("--out", default="exp/bench_sep")
+    ap.add_argument("--rtf-only", action="store_true")
+    ap.add_argument("--full-metrics", action="store_true", help="also SDR, PESQ-nb and STOI on the test set")
+    ap.add_argument("overrides", nargs="*", help="extra `sonus train` overrides for every model")
+    a = ap.parse_args()
+    names = [m for m in a.models.split(",") if m]
+    if bad := set(names) - set(MODELS):
+        ap.error(f"unknown models {sorted(bad)}; choose from {sorted(MODELS)}")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = {}
+    for name in names:
+        n, r = rtf(name)
+        rows[name] = {"params_M": n / 1e6, "rtf_1thread": r}
+    if not a.rtf_only:
+        root = prepare(Path(a.data))
+        os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
+        for name in names:
+            rows[name].update(train_and_score(name, root, Path(a.data), out, a.minutes, a.threads, a.full_metrics, a.overrides))
+            (out / "results.json").write_text(json.dumps(rows, indent=2))
+    keys = ["params_M", "rtf_1thread", "steps", "epochs", "train_min", "si_sdr", "si_sdri", "sdri", "pesq", "stoi"]
+    keys = [k for k in keys if any(k in r for r in rows.values())]
+    print(f"\nseparation benchmark: 8 kHz 2-speaker noisy mixtures, held-out speakers and noises; budget {a.minutes:g} min/model on {a.threads} threads")
+    print("| model | " + " | ".join(keys) + " |")
+    print("|" + "---|" * (len(keys) + 1))
+    for name, r in rows.items():
+        print(f"| {name} | " + " | ".join(f"{r[k]:.3f}" if k in ("rtf_1thread",) else f"{r[k]:.2f}" if k in r else "-" for k in keys) + " |")
+    best = max((r for r in rows.values() if "si_sdri" in r), key=lambda r: r["si_sdri"], default=None)
+    if best is not None:
+        print(f"best SI-SDRi {best['si_sdri']:.2f} dB (target >= 8 dB within 60 CPU minutes)")
+
+
+if __name__ == "__main__":
+    main()

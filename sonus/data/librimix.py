@@ -1,0 +1,654 @@
+"""LibriMix-style speech mixtures: mixed on the fly, or read from a LibriMix folder.
+
+Cosentino et al., "LibriMix: An Open-Source Dataset for Generalizable Speech Separation"
+(2020), github.com/JorisCos/LibriMix. As there, every source is brought to a loudness drawn
+uniformly from -33..-25 LUFS (ITU-R BS.1770), the noise to -38..-30 LUFS; a source that
+would clip is instead scaled to a 0.9 peak; when the mixture peaks above 0.9, mixture,
+sources and noise are all scaled down by the same factor. ``min`` mode cuts every source
+to the shortest, ``max`` mode zero-pads them to the longest. Optional simulated
+reverberation (:mod:`sonus.audio.room`) is sonus's own addition.
+
+Unlike LibriMix, loudness is measured at the output rate on the part of each signal that
+ends up in the mixture (after the ``min`` cut), so the levels drawn are the levels heard.
+
+Layout read by :class:`LibriMixDataset` and written by
+:func:`sonus.data.recipes.librimix.prepare_librimix` (LibriMix's own names)::
+
+    ROOT/wav{8k,16k}/{min,max}/SPLIT/{mix_clean,mix_both,mix_single,s1,s2,...,noise}/ID.wav
+    ROOT/wav{8k,16k}/{min,max}/metadata/mixture_SPLIT_MIXTYPE.csv
+        mixture_ID, mixture_path, source_1_path, ..., [noise_path], length
+    ROOT/wav{8k,16k}/{min,max}/metadata/metrics_SPLIT_MIXTYPE.csv
+        mixture_ID, source_1_SNR, ..., [noise_SNR]
+
+Paths in the CSVs are absolute (LibriMix) or relative to ROOT (sonus). Shapes: C sources,
+T samples.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, get_args
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from sonus.audio import augment
+from sonus.audio.io import AudioError, load_audio
+from sonus.audio.room import RoomConfig, RoomInfo, reverberate, simulate_rirs
+from sonus.data.manifest import Utterance, read_manifest
+from sonus.data.recipes._split import CorpusError, hash_rank
+from sonus.data.recipes.librispeech import find_subsets, scan_subset
+from sonus.data.separation import SeparationExample
+
+Mode = Literal["min", "max"]
+MixType = Literal["mix_clean", "mix_both", "mix_single"]
+SAMPLE_RATES = (8000, 16000)
+
+
+# --- loudness ---------------------------------------------------------------------------
+
+
+def _k_weighting(sample_rate: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """BS.1770 K-weighting (pre-filter high shelf, then RLB high-pass) as two biquads for any
+    rate, from the analogue prototypes' parameters (as libebur128 derives them)."""
+    k = np.tan(np.pi * 1681.974450955533 / sample_rate)
+    q, vh = 0.7071752369554196, 10 ** (3.999843853973347 / 20)
+    vb = vh**0.4996667741545416
+    a0 = 1 + k / q + k * k
+    shelf = (np.array([vh + vb * k / q + k * k, 2 * (k * k - vh), vh - vb * k / q + k * k]) / a0,
+             np.array([1.0, 2 * (k * k - 1) / a0, (1 - k / q + k * k) / a0]))  # fmt: skip
+    k, q = np.tan(np.pi * 38.13547087602444 / sample_rate), 0.5003270373238773
+    a0 = 1 + k / q + k * k
+    high_pass = (np.array([1.0, -2.0, 1.0]), np.array([1.0, 2 * (k * k - 1) / a0, (1 - k / q + k * k) / a0]))
+    return [shelf, high_pass]
+
+
+def integrated_loudness(wave: np.ndarray, sample_rate: int) -> float:
+    """Integrated loudness of a mono (T,) signal in LUFS (ITU-R BS.1770-4): K-weighted mean
+    power over 400 ms blocks (75 % overlap), gated at -70 LUFS and then 10 LU below the
+    ungated mean. A signal shorter than one block is one block; silence gives ``-inf``.
+    A 997 Hz sine of peak 1 measures -3.01 LUFS at every rate.
+
+    Not pyloudnorm (LibriMix's meter): its filters are designed for 48 kHz, and at 8 kHz the
+    same tone measures -3.19 LUFS; these follow libebur128's rate-independent derivation."""
+    from scipy.signal import lfilter
+
+    x = np.asarray(wave, dtype=np.float64)
+    for b, a in _k_weighting(sample_rate):
+        x = lfilter(b, a, x)
+    block, step = round(0.4 * sample_rate), round(0.1 * sample_rate)
+    if x.shape[0] < block:
+        z = np.array([np.mean(x**2) if x.size else 0.0])
+    else:
+        energy = np.concatenate([[0.0], np.cumsum(x**2)])
+        starts = np.arange(0, x.shape[0] - block + 1, step)
+        z = (energy[starts + block] - energy[starts]) / block  # mean square per block
+    with np.errstate(divide="ignore"):
+        z = z[-0.691 + 10 * np.log10(z) > -70.0]
+        if z.size == 0:
+            return float("-inf")
+        z = z[-0.691 + 10 * np.log10(z) > -0.691 + 10 * np.log10(z.mean()) - 10.0]
+    return float(-0.691 + 10 * np.log10(z.mean()))
+
+
+# --- mixing -----------------------------------------------------------------------------
+
+
+def _range(value: Iterable[float], name: str) -> tuple[float, float]:
+    lo, hi = (float(x) for x in value)
+    if lo > hi:
+        raise ValueError(f"MixConfig.{name} must be a range [low, high], got {[lo, hi]}")
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class MixConfig:
+    """How sources are mixed.
+
+    Attributes:
+        n_src: speakers per mixture (C).
+        sample_rate: 8000 or 16000; sources and noise must already be at this rate.
+        mode: ``min`` (cut to the shortest source) or ``max`` (zero-pad to the longest).
+        speech_lufs: loudness range each source is drawn from (LibriMix: -33..-25).
+        noise: a folder of noise files (.wav/.flac) the datasets draw from; ``None``: no noise.
+        noise_lufs: loudness range of the noise (LibriMix with WHAM: -38..-30).
+        reverb: simulated rooms (a :class:`RoomConfig`, a mapping of its fields, or ``True``
+            for the defaults); ``None``: dry mixtures.
+        reverberant_targets: with reverb, the targets are the reverberant sources instead of
+            their direct sound (dereverberation is then not asked for).
+        segment: cut every utterance to at most this many seconds (at a random place) before
+            mixing; ``None`` mixes whole utterances.
+        max_amp: the clipping rule's peak (LibriMix: 0.9).
+    """
+
+    n_src: int = 2
+    sample_rate: int = 8000
+    mode: Mode = "min"
+    speech_lufs: tuple[float, float] = (-33.0, -25.0)
+    noise: str | None = None
+    noise_lufs: tuple[float, float] = (-38.0, -30.0)
+    reverb: RoomConfig | None = None
+    reverberant_targets: bool = False
+    segment: float | None = None
+    max_amp: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.n_src < 1:
+            raise ValueError(f"MixConfig.n_src must be >= 1, got {self.n_src}")
+        if self.sample_rate not in SAMPLE_RATES:
+            raise ValueError(f"MixConfig.sample_rate must be one of {SAMPLE_RATES}, got {self.sample_rate}")
+        if self.mode not in get_args(Mode):
+            raise ValueError(f"MixConfig.mode must be one of {list(get_args(Mode))}, got {self.mode!r}")
+        object.__setattr__(self, "speech_lufs", _range(self.speech_lufs, "speech_lufs"))
+        object.__setattr__(self, "noise_lufs", _range(self.noise_lufs, "noise_lufs"))
+        if self.noise is not None:
+            object.__setattr__(self, "noise", str(self.noise))
+        if self.reverb is True:
+            object.__setattr__(self, "reverb", RoomConfig())
+        elif self.reverb is False:
+            object.__setattr__(self, "reverb", None)
+        elif isinstance(self.reverb, Mapping):
+            object.__setattr__(self, "reverb", RoomConfig(**self.reverb))
+        if self.segment is not None and not self.segment > 0:
+            raise ValueError(f"MixConfig.segment must be > 0 seconds or None, got {self.segment}")
+        if not 0 < self.max_amp <= 1:
+            raise ValueError(f"MixConfig.max_amp must be in (0, 1], got {self.max_amp}")
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """The parts of one mixture, all float32, already scaled; they add up exactly.
+
+    Attributes:
+        sources: (C, T) the targets: the dry sources, or with reverb their direct sound
+            (or their reverberant images with ``reverberant_targets``).
+        images: (C, T) what each source adds to the mixture (``sources`` without reverb).
+        noise: (T,) the scaled noise, or ``None``.
+        lengths: (C,) samples of each source before ``max`` mode's padding.
+        gains: (C,) factors applied to each source (clipping rule included).
+        lufs: (C,) loudness of each image in the mixture (the drawn one unless scaled down).
+        noise_gain, noise_lufs, noise_start: the same for the noise; ``noise_start`` is the
+            sample of the noise signal the mixture starts at (a short noise loops).
+        scale: the clipping rule's factor (1.0 when the mixture did not peak above ``max_amp``).
+        room: the simulated room, with reverb.
+    """
+
+    sources: np.ndarray
+    images: np.ndarray
+    noise: np.ndarray | None
+    lengths: tuple[int, ...]
+    gains: tuple[float, ...]
+    lufs: tuple[float, ...]
+    noise_gain: float | None
+    noise_lufs: float | None
+    noise_start: int | None
+    scale: float
+    room: RoomInfo | None
+
+    def parts(self, kind: MixType) -> list[np.ndarray]:
+        """The signals summed into mixture ``kind`` (LibriMix's mix_clean / mix_both / mix_single)."""
+        if kind not in get_args(MixType):
+            raise ValueError(f"unknown mixture type {kind!r}; expected one of {list(get_args(MixType))}")
+        if kind != "mix_clean" and self.noise is None:
+            raise ValueError(f"mixture type {kind!r} needs noise, and this mixture has none")
+        speech = list(self.images) if kind != "mix_single" else [self.images[0]]
+        return speech + ([self.noise] if kind != "mix_clean" else [])
+
+    def mix(self, kind: MixType = "mix_clean") -> np.ndarray:
+        """(T,) mixture ``kind``: the sum of :meth:`parts`."""
+        return np.sum(self.parts(kind), axis=0, dtype=np.float32)
+
+    def targets(self, kind: MixType = "mix_clean") -> np.ndarray:
+        """(C, T) targets of ``kind`` (only source 1 for mix_single)."""
+        return self.sources[:1] if kind == "mix_single" else self.sources
+
+    def example(self, id: str, kind: MixType | None = None) -> SeparationExample:
+        """As a :class:`SeparationExample`; ``kind`` defaults to mix_both with noise, else mix_clean."""
+        kind = kind or ("mix_clean" if self.noise is None else "mix_both")
+        return SeparationExample(id, torch.from_numpy(self.mix(kind)), torch.from_numpy(np.ascontiguousarray(self.targets(kind))))
+
+
+def _level(x: np.ndarray, lufs_range: tuple[float, float], cfg: MixConfig, rng: np.random.Generator) -> tuple[float, float]:
+    """Gain bringing ``x`` to a loudness drawn from ``lufs_range`` (or to a ``max_amp`` peak
+    where that would clip), and the loudness ``x`` had."""
+    target = float(rng.uniform(*lufs_range))
+    lufs = integrated_loudness(x, cfg.sample_rate)
+    if not np.isfinite(lufs):
+        return 1.0, lufs  # silence: nothing to level
+    gain = 10 ** ((target - lufs) / 20)
+    peak = float(np.max(np.abs(x)))
+    if gain * peak >= 1.0:
+        gain = cfg.max_amp / peak
+    return gain, lufs
+
+
+def _fit(x: np.ndarray, length: int) -> np.ndarray:
+    return x[:length] if x.shape[0] >= length else np.pad(x, (0, length - x.shape[0]))
+
+
+def mix_sources(sources: Sequence[np.ndarray], noise: np.ndarray | None, cfg: MixConfig, rng: np.random.Generator) -> Mixture:
+    """Mix ``cfg.n_src`` utterances (and noise) as LibriMix does; a pure function of its inputs.
+
+    Args:
+        sources: C signals (T_i,) at ``cfg.sample_rate``, one per speaker.
+        noise: (T_n,) at ``cfg.sample_rate``, any length (a stretch is drawn; a short one
+            loops), or ``None``.
+        rng: every random choice (cuts, room, noise stretch, loudness) comes from it, in
+            that order, so the same state gives the same mixture.
+
+    Returns:
+        A :class:`Mixture` of length T = min or max of the (cut) sources' lengths.
+    """
+    if len(sources) != cfg.n_src:
+        raise ValueError(f"mix_sources: MixConfig.n_src = {cfg.n_src}, got {len(sources)} sources")
+    segment = None if cfg.segment is None else max(1, round(cfg.segment * cfg.sample_rate))
+    clips = []
+    for i, s in enumerate(sources):
+        s = np.asarray(s, dtype=np.float32)
+        if s.ndim != 1 or s.shape[0] == 0:
+            raise ValueError(f"mix_sources: source {i} must be a non-empty (T,) array, got shape {s.shape}")
+        if segment is not None and s.shape[0] > segment:
+            start = int(rng.integers(s.shape[0] - segment + 1))
+            s = s[start : start + segment]
+        clips.append(s)
+    room = None
+    images, targets = clips, clips
+    if cfg.reverb is not None:
+        rirs, room = simulate_rirs(cfg.n_src, cfg.sample_rate, rng, cfg.reverb)  # (C, L)
+        wet = [reverberate(c, rirs[i], room.direct[i]) for i, c in enumerate(clips)]
+        images = [w.reverberant for w in wet]
+        targets = images if cfg.reverberant_targets else [w.direct for w in wet]
+    lengths = [c.shape[0] for c in clips]
+    total = min(lengths) if cfg.mode == "min" else max(lengths)
+    kept = tuple(min(n, total) for n in lengths)
+
+    noise_part, noise_start = None, None
+    if noise is not None:
+        noise = np.asarray(noise, dtype=np.float32)
+        if noise.ndim != 1 or noise.shape[0] == 0:
+            raise ValueError(f"mix_sources: noise must be a non-empty (T,) array, got shape {noise.shape}")
+        noise_start = int(rng.integers(noise.shape[0]))
+        noise_part = augment.noise_crop(noise, noise_start, total)
+
+    parts = [_fit(x, total) for x in images]  # C images (T,), then the noise
+    levels = [_level(x[:n], cfg.speech_lufs, cfg, rng) for x, n in zip(parts, kept)]
+    if noise_part is not None:
+        parts.append(noise_part)
+        levels.append(_level(noise_part, cfg.noise_lufs, cfg, rng))
+    gains = np.array([g for g, _ in levels])
+    peak = float(np.max(np.abs(np.sum([g * x.astype(np.float64) for g, x in zip(gains, parts)], axis=0))))
+    scale = cfg.max_amp / peak if peak > cfg.max_amp else 1.0  # LibriMix's clipping rule
+    gains = gains * scale
+    with np.errstate(divide="ignore"):
+        lufs = [lu + 20 * np.log10(g) for (_, lu), g in zip(levels, gains)]
+    scaled = [(g * x).astype(np.float32) for g, x in zip(gains, parts)]
+    c, noisy = cfg.n_src, noise_part is not None
+    return Mixture(
+        sources=np.stack([(g * _fit(t, total)).astype(np.float32) for g, t in zip(gains, targets)]),
+        images=np.stack(scaled[:c]),
+        noise=scaled[c] if noisy else None,
+        lengths=kept,
+        gains=tuple(float(g) for g in gains[:c]),
+        lufs=tuple(float(x) for x in lufs[:c]),
+        noise_gain=float(gains[c]) if noisy else None,
+        noise_lufs=float(lufs[c]) if noisy else None,
+        noise_start=noise_start,
+        scale=float(scale),
+        room=room,
+    )
+
+
+# --- speakers and utterances ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpeakerSplit:
+    """Speaker ids of each split (sorted); no speaker is in two."""
+
+    train: tuple[str, ...]
+    dev: tuple[str, ...]
+    test: tuple[str, ...]
+
+    def __getitem__(self, split: str) -> tuple[str, ...]:
+        if split not in ("train", "dev", "test"):
+            raise KeyError(f"unknown split {split!r}; expected train, dev or test")
+        return getattr(self, split)
+
+
+def librispeech_utterances(source: str | os.PathLike, progress: bool = False) -> list[Utterance]:
+    """Every utterance of every LibriSpeech subset at ``source`` (see ``find_subsets``)."""
+    return [u for subset in find_subsets(source) for u in scan_subset(subset, progress=progress)]
+
+
+def speaker_split(
+    source: str | os.PathLike | Iterable[Utterance],
+    dev_speakers: int | Sequence[str] = 2,
+    test_speakers: int | Sequence[str] = 2,
+    seed: int = 42,
+) -> SpeakerSplit:
+    """Hold whole speakers out: test speakers, dev speakers, and the rest for training.
+
+    Args:
+        source: a LibriSpeech folder (its ``SPK`` folders are the speakers) or utterances.
+        dev_speakers, test_speakers: how many to hold out, chosen by ranking speaker ids by
+            a hash of ``(seed, id)`` (test first, then dev) -- independent of listing order,
+            and adding a speaker to the corpus moves no other; or the speaker ids themselves.
+
+    Raises:
+        ValueError: a named speaker is unknown or named twice, or no training speaker is left.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        speakers = {d.name for subset in find_subsets(source) for d in subset.iterdir() if d.is_dir()}
+    else:
+        speakers = {u.speaker for u in source if u.speaker is not None}
+    ranked = hash_rank(speakers, seed)
+    chosen: dict[str, tuple[str, ...]] = {}
+    taken: set[str] = set()
+    for name, want in (("test", test_speakers), ("dev", dev_speakers)):
+        if isinstance(want, int):
+            free = [s for s in ranked if s not in taken]
+            if not 0 <= want < len(free):
+                raise ValueError(f"speaker_split: cannot hold out {want} {name} speakers of the {len(free)} left "
+                                 f"({len(speakers)} in all); at least one must stay for training")  # fmt: skip
+            picked = free[:want]
+        else:
+            picked = [str(s) for s in want]
+            bad = sorted(set(picked) - speakers) + sorted(set(picked) & taken)
+            if bad:
+                raise ValueError(f"speaker_split: {name} speakers {bad} are unknown or already held out; "
+                                 f"speakers are {sorted(speakers)}")  # fmt: skip
+        chosen[name] = tuple(sorted(picked))
+        taken.update(picked)
+    train = tuple(sorted(speakers - taken))
+    if not train:
+        raise ValueError(f"speaker_split: no training speaker left of {sorted(speakers)}")
+    return SpeakerSplit(train, chosen["dev"], chosen["test"])
+
+
+class AudioCache:
+    """Audio read once at ``sample_rate`` and kept, least recently used dropped first,
+    up to ``max_mb`` megabytes."""
+
+    def __init__(self, sample_rate: int, max_mb: float = 1024.0) -> None:
+        self.sample_rate = sample_rate
+        self.max_bytes = int(max_mb * 2**20)
+        self._items: OrderedDict[tuple[str, float, float | None], np.ndarray] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, path: str | os.PathLike, offset: float = 0.0, duration: float | None = None) -> np.ndarray:
+        key = (str(path), offset, duration)
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        wave = load_audio(path, self.sample_rate, offset, duration).numpy()
+        if wave.nbytes <= self.max_bytes:
+            self._items[key] = wave
+            self._bytes += wave.nbytes
+            while self._bytes > self.max_bytes:
+                self._bytes -= self._items.popitem(last=False)[1].nbytes
+        return wave
+
+
+@dataclass(frozen=True)
+class Draw:
+    """What one dynamic mixture is made of: utterances of different speakers, and a noise file."""
+
+    utterances: tuple[Utterance, ...]
+    noise: Path | None
+
+    @property
+    def id(self) -> str:
+        """LibriMix's mixture name: the utterance ids joined by ``_``."""
+        return "_".join(u.id for u in self.utterances)
+
+
+class DynamicMixDataset(Dataset):
+    """Mixtures drawn on the fly (dynamic mixing): each item picks ``cfg.n_src`` utterances of
+    different speakers and a noise file and mixes them with :func:`mix_sources`.
+
+    Speakers are drawn in proportion to their number of utterances (so every utterance is
+    equally likely), then an utterance of each. Item ``index`` depends only on ``(seed,
+    epoch, index)``: :meth:`set_epoch` gives new mixtures, the same triple the same one.
+    Loaded audio (resampled once to ``cfg.sample_rate``) is cached, per DataLoader worker.
+
+    Args:
+        utterances: the pool, each with a ``speaker`` and an audio file.
+        cfg: how to mix; its ``noise`` folder supplies noise unless ``noise_files`` is given.
+        num_items: items per epoch.
+        seed: seeds the draws.
+        mixture: what ``__getitem__`` returns as ``mix``; default mix_both with noise, else mix_clean.
+        cache_mb: the audio cache's size.
+        noise_files: the noise files to draw from, instead of ``cfg.noise``'s.
+
+    Raises:
+        ValueError: an utterance lacks a speaker or audio, or fewer than ``n_src`` speakers.
+    """
+
+    def __init__(
+        self,
+        utterances: Sequence[Utterance],
+        cfg: MixConfig,
+        num_items: int,
+        *,
+        seed: int = 0,
+        mixture: MixType | None = None,
+        cache_mb: float = 1024.0,
+        noise_files: Sequence[str | os.PathLike] | None = None,
+    ) -> None:
+        if num_items < 1:
+            raise ValueError(f"DynamicMixDataset: num_items must be >= 1, got {num_items}")
+        by_speaker: dict[str, list[Utterance]] = {}
+        for u in utterances:
+            if u.speaker is None or u.audio_filepath is None:
+                raise ValueError(f"DynamicMixDataset: utterance {u.id!r} ({u.path}) needs a speaker and an audio file")
+            by_speaker.setdefault(u.speaker, []).append(u)
+        if len(by_speaker) < cfg.n_src:
+            raise ValueError(f"DynamicMixDataset: {cfg.n_src} speakers per mixture, but the utterances have "
+                             f"{len(by_speaker)}: {sorted(by_speaker)}")  # fmt: skip
+        self.speakers = sorted(by_speaker)
+        self.by_speaker = {s: sorted(by_speaker[s], key=lambda u: u.id) for s in self.speakers}
+        counts = np.array([len(self.by_speaker[s]) for s in self.speakers], dtype=np.float64)
+        self.weights = counts / counts.sum()
+        if noise_files is not None:
+            self.noise_files = [Path(p) for p in noise_files]
+        else:
+            self.noise_files = [] if cfg.noise is None else augment.noise_files(cfg.noise)
+        if mixture is not None and mixture != "mix_clean" and not self.noise_files:
+            raise ValueError(f"DynamicMixDataset: mixture {mixture!r} needs noise; set MixConfig.noise")
+        self.cfg, self.num_items, self.seed = cfg, num_items, seed
+        self.kind: MixType = mixture or ("mix_both" if self.noise_files else "mix_clean")
+        self.epoch = 0
+        self.cache = AudioCache(cfg.sample_rate, cache_mb)
+
+    @classmethod
+    def from_librispeech(cls, source: str | os.PathLike, cfg: MixConfig, num_items: int,
+                         speakers: Iterable[str] | None = None, **kwargs) -> DynamicMixDataset:  # fmt: skip
+        """From a LibriSpeech folder, keeping only ``speakers`` if given (e.g. ``speaker_split(...).train``)."""
+        return cls(_keep(librispeech_utterances(source), speakers), cfg, num_items, **kwargs)
+
+    @classmethod
+    def from_manifest(cls, path: str | os.PathLike, cfg: MixConfig, num_items: int,
+                      speakers: Iterable[str] | None = None, **kwargs) -> DynamicMixDataset:  # fmt: skip
+        """From a sonus manifest whose lines give ``speaker``."""
+        return cls(_keep(read_manifest(path), speakers), cfg, num_items, **kwargs)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the mixtures of ``epoch``."""
+        if epoch < 0:
+            raise ValueError(f"DynamicMixDataset: epoch must be >= 0, got {epoch}")
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_items
+
+    def _rng(self, index: int) -> np.random.Generator:
+        if index < 0:
+            raise IndexError(f"DynamicMixDataset: index {index} < 0")
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+    def _draw(self, rng: np.random.Generator) -> Draw:
+        picked = rng.choice(len(self.speakers), size=self.cfg.n_src, replace=False, p=self.weights)
+        utts = []
+        for s in picked:
+            pool = self.by_speaker[self.speakers[int(s)]]
+            utts.append(pool[int(rng.integers(len(pool)))])
+        noise = self.noise_files[int(rng.integers(len(self.noise_files)))] if self.noise_files else None
+        return Draw(tuple(utts), noise)
+
+    def draw(self, index: int) -> Draw:
+        """What item ``index`` of this epoch is made of (no audio is read)."""
+        return self._draw(self._rng(index))
+
+    def mixture(self, index: int) -> tuple[Draw, Mixture]:
+        """Item ``index`` of this epoch with all its parts (any ``index >= 0``, also past ``len``)."""
+        rng = self._rng(index)
+        draw = self._draw(rng)
+        sources = [self.cache.get(u.audio_filepath or "", u.offset, u.duration if u.offset else None) for u in draw.utterances]
+        noise = None if draw.noise is None else self.cache.get(draw.noise)
+        return draw, mix_sources(sources, noise, self.cfg, rng)
+
+    def __getitem__(self, index: int) -> SeparationExample:
+        if index >= self.num_items:
+            raise IndexError(f"DynamicMixDataset: index {index} out of range ({self.num_items} items)")
+        draw, mixture = self.mixture(index)
+        return mixture.example(draw.id, self.kind)
+
+
+def _keep(utterances: list[Utterance], speakers: Iterable[str] | None) -> list[Utterance]:
+    if speakers is None:
+        return utterances
+    wanted = set(speakers)
+    return [u for u in utterances if u.speaker in wanted]
+
+
+# --- LibriMix folders -------------------------------------------------------------------
+
+
+def rate_folder(sample_rate: int) -> str:
+    """``wav8k`` / ``wav16k``."""
+    if sample_rate % 1000:
+        raise ValueError(f"LibriMix folders name rates in kHz; {sample_rate} Hz is not a whole number of kHz")
+    return f"wav{sample_rate // 1000}k"
+
+
+def metadata_dir(root: str | os.PathLike, sample_rate: int, mode: Mode) -> Path:
+    """``ROOT/wav8k/min/metadata``: where the mixture and metrics CSVs are."""
+    return Path(root) / rate_folder(sample_rate) / mode / "metadata"
+
+
+def mixture_csv(root: str | os.PathLike, sample_rate: int, mode: Mode, split: str, mixture: MixType) -> Path:
+    """``ROOT/wav8k/min/metadata/mixture_SPLIT_MIXTYPE.csv``."""
+    return metadata_dir(root, sample_rate, mode) / f"mixture_{split}_{mixture}.csv"
+
+
+@dataclass(frozen=True)
+class LibriMixRow:
+    """One CSV row: ``line`` in the file (header = 1), absolute paths, ``length`` in samples."""
+
+    id: str
+    line: int
+    mix: Path
+    sources: tuple[Path, ...]
+    length: int
+
+
+class LibriMixDataset(Dataset):
+    """Mixtures of a LibriMix folder (the real one, or one written by ``prepare_librimix``).
+
+    Args:
+        root: the ``Libri2Mix``-like folder holding ``wav8k/`` or ``wav16k/``.
+        split: the split folder's name (``train``, ``dev``, ``test``; real LibriMix also
+            ``train-100``, ``train-360``).
+        sample_rate, mode: which ``wav{8k,16k}/{min,max}`` tree to read.
+        mixture: ``mix_clean``, ``mix_both`` (targets: all sources) or ``mix_single``
+            (target: source 1).
+        n_src: sources per mixture (Libri2Mix: 2, Libri3Mix: 3); the CSV must name that many
+            (one for ``mix_single``).
+
+    Raises:
+        FileNotFoundError: the CSV is missing.
+        CorpusError: a column is missing, a row is malformed or repeats an id, or a file it
+            names is missing -- naming the CSV and its line.
+        AudioError: (when an item is read) a file cannot be decoded or has the wrong length,
+            naming the file and the CSV line.
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str = "train", *, sample_rate: int = 8000,
+                 mode: Mode = "min", mixture: MixType = "mix_clean", n_src: int = 2) -> None:  # fmt: skip
+        if mixture not in get_args(MixType):
+            raise ValueError(f"LibriMixDataset: mixture must be one of {list(get_args(MixType))}, got {mixture!r}")
+        if mode not in get_args(Mode):
+            raise ValueError(f"LibriMixDataset: mode must be one of {list(get_args(Mode))}, got {mode!r}")
+        self.root = Path(root)
+        self.sample_rate, self.mixture = sample_rate, mixture
+        self.n_src = 1 if mixture == "mix_single" else n_src
+        self.csv_path = mixture_csv(root, sample_rate, mode, split, mixture)
+        if not self.csv_path.is_file():
+            raise FileNotFoundError(f"LibriMix metadata not found: {self.csv_path}")
+        self.rows = self._read_csv()
+        if not self.rows:
+            raise CorpusError(f"{self.csv_path}: no mixtures")
+
+    def _read_csv(self) -> list[LibriMixRow]:
+        where = self.csv_path
+        with open(where, encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            need = ["mixture_ID", "mixture_path", *(f"source_{i + 1}_path" for i in range(self.n_src)), "length"]
+            missing = [c for c in need if c not in header]
+            if missing:
+                raise CorpusError(f"{where}: missing column(s) {missing} for {self.n_src} source(s); columns are {header}")
+            rows: list[LibriMixRow] = []
+            seen: dict[str, int] = {}
+            for fields in reader:
+                line = reader.line_num
+                if None in fields or any(fields[c] is None for c in need):
+                    raise CorpusError(f"{where}:{line}: expected {len(header)} cells as the header has")
+                text = {c: fields[c].strip() for c in need}
+                empty = [c for c in need if not text[c]]
+                if empty:
+                    raise CorpusError(f"{where}:{line}: empty cell(s) {empty}")
+                try:
+                    length = int(float(text["length"]))
+                except ValueError:
+                    raise CorpusError(f"{where}:{line}: length {text['length']!r} is not a number") from None
+                if length <= 0:
+                    raise CorpusError(f"{where}:{line}: length must be > 0, got {length}")
+                mix_id = text["mixture_ID"]
+                if mix_id in seen:
+                    raise CorpusError(f"{where}:{line}: mixture {mix_id!r} repeats line {seen[mix_id]}")
+                seen[mix_id] = line
+                paths = [self._resolve(text[c]) for c in need[1:-1]]
+                for column, path in zip(need[1:-1], paths):
+                    if not path.is_file():
+                        raise CorpusError(f"{where}:{line}: {column} file not found: {path}")
+                rows.append(LibriMixRow(mix_id, line, paths[0], tuple(paths[1:]), length))
+        return rows
+
+    def _resolve(self, text: str) -> Path:
+        path = Path(text)
+        return path if path.is_absolute() else self.root / path
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _load(self, path: Path, row: LibriMixRow) -> torch.Tensor:
+        try:
+            wave = load_audio(path, self.sample_rate)
+        except AudioError as e:
+            raise AudioError(e.path, f"{e.reason} (mixture {row.id!r}, {self.csv_path}:{row.line})") from None
+        if wave.shape[0] != row.length:
+            raise AudioError(path, f"{wave.shape[0]} samples, {self.csv_path}:{row.line} says length {row.length}")
+        return wave
+
+    def __getitem__(self, index: int) -> SeparationExample:
+        row = self.rows[index]
+        mix = self._load(row.mix, row)  # (T,)
+        sources = torch.stack([self._load(p, row) for p in row.sources])  # (C, T)
+        return SeparationExample(row.id, mix, sources)

@@ -1,0 +1,1 @@
+"""Pipelines that chain tasks (each module imports the tasks it chains; tasks never import each other)."""

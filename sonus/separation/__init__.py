@@ -1,0 +1,1 @@
+"""Speech separation: ConvTasNet, DPRNN, SepFormer and SPMamba with permutation-invariant training."""

@@ -1,0 +1,232 @@
+"""Separation at inference: load a checkpoint, separate files, score a test set.
+
+``sonus separate checkpoint=... input=FILE_OR_DIR output_dir=DIR`` and
+``sonus evaluate separation checkpoint=... output=results.csv`` are thin wrappers over
+:func:`separate_files` and :func:`evaluate`.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from sonus.audio.io import load_audio, save_audio
+from sonus.data.separation import SeparationExample
+from sonus.metrics.signal import bss_sdr, pesq_score, si_sdr, stoi_score
+from sonus.separation.loss import pit, reorder
+from sonus.separation.models import build_model
+from sonus.train.checkpoint import read_checkpoint
+
+log = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+
+
+@dataclass
+class Separator:
+    """A trained separation model (eval mode) and what it was trained with."""
+
+    model: nn.Module
+    sample_rate: int
+    name: str
+    data: dict[str, Any] = field(default_factory=dict)  # the training data config, for `evaluate`
+
+    @torch.no_grad()
+    def __call__(self, mix: torch.Tensor) -> torch.Tensor:
+        """(T,) or (B, T) mixture at ``sample_rate`` -> (C, T) or (B, C, T) estimates."""
+        one = mix.dim() == 1
+        p = next(self.model.parameters())
+        est = self.model(mix.to(p.device, p.dtype).unsqueeze(0) if one else mix.to(p.device, p.dtype))
+        return est[0] if one else est
+
+
+def save_separator(model: nn.Module, path: str | os.PathLike, sample_rate: int, data: dict[str, Any] | None = None) -> None:
+    """Write a checkpoint :func:`load_separator` reads (the layout training writes), atomically."""
+    from sonus.separation.models import model_spec
+
+    name, params = model_spec(model)
+    state = {
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "sonus": {"task": "separation", "model": name, "params": params, "sample_rate": int(sample_rate), "data": dict(data or {})},
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_separator(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Separator:
+    """Rebuild the model of a training checkpoint (Lightning ``.ckpt``); tensors only (``weights_only=True``)."""
+    path = Path(path)
+    ckpt = read_checkpoint(path, map_location)
+    meta = ckpt.get("sonus", {})
+    if meta.get("task") != "separation":
+        raise RuntimeError(f"{path}: not a sonus separation checkpoint (task {meta.get('task')!r})")
+    model = build_model(meta["model"], meta["params"])
+    sd = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"{path}: weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.eval()
+    return Separator(model, int(meta["sample_rate"]), meta["model"], dict(meta.get("data", {})))
+
+
+def _inputs(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"{path}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder")
+        return files
+    raise FileNotFoundError(f"input not found: {path}")
+
+
+def separate_files(sep: Separator, input: str | os.PathLike, output_dir: str | os.PathLike) -> list[Path]:
+    """Separate each audio file of ``input`` (a file or a folder, searched recursively).
+
+    Writes ``output_dir/<relative name>_s{k}.wav`` (k = 1..C) at the model's sample rate
+    (inputs at other rates are resampled on load; the output is peak-limited to avoid
+    clipping). Returns the written paths.
+    """
+    src, out = Path(input), Path(output_dir)
+    written: list[Path] = []
+    for f in tqdm(_inputs(src), desc="separating", unit="file"):
+        wave = load_audio(f, sep.sample_rate)
+        est = sep(wave).float().cpu()  # (C, T)
+        peak = float(est.abs().max())
+        if peak > 0.99:
+            est = est * (0.99 / peak)
+        rel = f.relative_to(src).with_suffix("") if src.is_dir() else Path(f.stem)
+        for k in range(est.shape[0]):
+            dest = out / f"{rel}_s{k + 1}.wav"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            save_audio(dest, est[k], sep.sample_rate)
+            written.append(dest)
+    return written
+
+
+@dataclass(frozen=True)
+class MetricOptions:
+    sdr: bool = True
+    pesq: bool = True
+    stoi: bool = True
+
+
+def score_example(sep: Separator, ex: SeparationExample, metrics: MetricOptions) -> dict[str, float | str]:
+    """One CSV row: SI-SDR, SI-SDRi, SDR, SDRi, PESQ, STOI (means over sources, after PIT)."""
+    mix, ref = ex.mix, ex.sources  # (T,), (C, T)
+    est = sep(mix).float().cpu()
+    perm = pit(est.unsqueeze(0), ref.unsqueeze(0)).perm
+    est = reorder(est.unsqueeze(0), perm)[0]  # (C, T) in reference order
+    mix_c = mix.unsqueeze(0).expand_as(ref)
+    row: dict[str, float | str] = {"id": ex.id, "variant": ex.variant or "all"}
+    row["si_sdr"] = float(si_sdr(est, ref).mean())
+    row["si_sdri"] = row["si_sdr"] - float(si_sdr(mix_c, ref).mean())
+    e, r, m = est.numpy(), ref.numpy(), mix_c.numpy()
+    if metrics.sdr:
+        sdr = float(np.nanmean(bss_sdr(e, r)))
+        row["sdr"], row["sdri"] = sdr, sdr - float(np.nanmean(bss_sdr(m, r)))
+    sr = sep.sample_rate
+    if metrics.pesq:
+        row["pesq"] = float(np.nanmean([pesq_score(e[c], r[c], sr) for c in range(len(r))]))
+    if metrics.stoi:
+        row["stoi"] = float(np.mean([stoi_score(e[c], r[c], sr) for c in range(len(r))]))
+    return row
+
+
+def summarize(rows: list[dict[str, float | str]]) -> dict[str, dict[str, float]]:
+    """Mean of each metric per variant and over all rows ("overall"); NaNs (e.g. PESQ of silence) skipped."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[str(r["variant"])].append(r)
+    groups["overall"] = rows
+    keys = [k for k in rows[0] if k not in ("id", "variant")] if rows else []
+    out = {}
+    for g, rs in groups.items():
+        vals = {k: [float(r[k]) for r in rs if not math.isnan(float(r[k]))] for k in keys}
+        out[g] = {k: (sum(v) / len(v) if v else math.nan) for k, v in vals.items()} | {"n": float(len(rs))}
+    return out
+
+
+def evaluate(sep: Separator, examples, metrics: MetricOptions, output: str | os.PathLike, max_items: int | None = None) -> dict[str, dict[str, float]]:
+    """Score every example (an iterable of :class:`SeparationExample`), write the CSV and a summary.
+
+    ``output`` gets a row per example; ``<output stem>_summary.csv`` one row per variant
+    and "overall". Returns the summary.
+    """
+    rows = []
+    n = len(examples) if hasattr(examples, "__len__") else None
+    total = min(n, max_items) if (n is not None and max_items) else (max_items or n)
+    for i, ex in enumerate(tqdm(examples, total=total, desc="evaluating", unit="mix")):
+        if max_items is not None and i >= max_items:
+            break
+        rows.append(score_example(sep, ex, metrics))
+    if not rows:
+        raise ValueError("evaluate: the test set is empty")
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    summary = summarize(rows)
+    with open(out.with_name(out.stem + "_summary.csv"), "w", newline="") as f:
+        keys = list(next(iter(summary.values())))
+        w = csv.writer(f)
+        w.writerow(["variant", *keys])
+        for g, vals in summary.items():
+            w.writerow([g, *(f"{vals[k]:.4f}" for k in keys)])
+    return summary
+
+
+def print_summary(summary: dict[str, dict[str, float]], title: str = "separation") -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    keys = list(next(iter(summary.values())))
+    table = Table(title=title)
+    table.add_column("variant")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for g, vals in summary.items():
+        table.add_row(g, *(f"{int(vals[k])}" if k == "n" else f"{vals[k]:.2f}" for k in keys))
+    Console().print(table)
+
+
+def run_evaluate(cfg) -> dict[str, dict[str, float]]:
+    """`sonus evaluate separation`: score the checkpoint on its test set, write ``cfg.output``."""
+    from sonus.separation.config import build_dataset
+
+    sep = load_separator(cfg.checkpoint)
+    data = dict(sep.data)
+    data.update({k: v for k, v in dict(cfg.get("data") or {}).items() if v is not None})
+    if not data.get("kind"):
+        raise ValueError(f"{cfg.checkpoint}: the checkpoint stores no data config; give data.kind=polsess|librimix and data.root=DIR")
+    ds = build_dataset(data, cfg.get("split", "test"), variant=cfg.get("variant"))
+    m = cfg.get("metrics") or {}
+    metrics = MetricOptions(sdr=bool(m.get("sdr", True)), pesq=bool(m.get("pesq", True)), stoi=bool(m.get("stoi", True)))
+    summary = evaluate(sep, ds, metrics, cfg.output, cfg.get("max_items"))
+    print_summary(summary, title=f"{sep.name}: {cfg.checkpoint}")
+    print(f"per-mixture rows: {cfg.output}; summary: {Path(cfg.output).with_name(Path(cfg.output).stem + '_summary.csv')}")
+    return summary
+
+
+def run_separate(cfg) -> list[Path]:
+    """`sonus separate`: write the separated sources of ``cfg.input`` to ``cfg.output_dir``."""
+    sep = load_separator(cfg.checkpoint)
+    written = separate_files(sep, cfg.input, cfg.output_dir)
+    print(f"{len(written)} files written to {cfg.output_dir}")
+    return written
