@@ -26,7 +26,10 @@ USAGE = """usage: sonus COMMAND [MODE] [key=value ...]
   sonus train experiment=sep_convtasnet [data=polsess data.root=DIR]   (also sep_dprnn, sep_sepformer, sep_spmamba)
   sonus evaluate separation checkpoint=CKPT [variant=SER] [metrics.pesq=false] [metrics.stoi=false] output=results.csv
   sonus separate checkpoint=CKPT input=FILE_OR_DIR output_dir=DIR
+  sonus evaluate tokenizer checkpoint=CKPT input=test.wav output=recon.wav   |   ... analyze=true test_dir=DIR
   sonus transcribe checkpoint=ASR_CKPT [separation_checkpoint=SEP_CKPT] input=FILE_OR_DIR output_path=OUT.jsonl
+  sonus train experiment=tokenizer_librispeech data.source=LIBRISPEECH_DIR   (speech tokenizer)
+  sonus tokenize checkpoint=CKPT input=in.wav output=codes.npy [n_q=4]   /   sonus detokenize checkpoint=CKPT input=codes.npy output=out.wav
   sonus sweep experiment=sep_dprnn sweep=sep_dprnn [sweep.n_trials=20]   (Optuna; rerun to continue the study)
 
 Any config key can be overridden; add --cfg to print the composed config and exit.
@@ -34,7 +37,7 @@ Any config key can be overridden; add --cfg to print the composed config and exi
 
 PREPARE = ("synth", "ssi", "librispeech", "fsdd", "feature_synth", "librimix")
 DECODE = ("rnnt", "two_pass")
-EVALUATE = ("separation",)
+EVALUATE = ("separation", "tokenizer")
 MODES = {"prepare": PREPARE, "decode": DECODE, "evaluate": EVALUATE}
 
 
@@ -77,10 +80,12 @@ def _train_fn(cfg: DictConfig):
     task = cfg.get("task", "asr")
     if task == "separation":
         from sonus.separation.train import train
+    elif task == "codec":
+        from sonus.codec.train import train
     elif task == "asr":
         from sonus.asr.train import train
     else:
-        raise ValueError(f"task must be asr or separation, got {task!r}")
+        raise ValueError(f"task must be asr, separation or codec, got {task!r}")
     return train
 
 
@@ -129,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"sonus: arguments must be key=value overrides, got {bad}\n\n{USAGE}", file=sys.stderr)
         return 2
-    names = {"prepare": f"prepare/{mode}", "train": "train", "sweep": "train", "decode": "decode", "evaluate": "evaluate", "separate": "separate", "transcribe": "transcribe"}
+    names = {"prepare": f"prepare/{mode}", "train": "train", "sweep": "train", "decode": "decode", "evaluate": "evaluate", "separate": "separate", "transcribe": "transcribe", "tokenize": "tokenize", "detokenize": "tokenize"}
     if cmd not in names:
         print(f"sonus: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
         return 2
@@ -149,10 +154,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"checkpoints and config in {out}; plots in {out / 'plots'}")
     elif cmd == "sweep":
         _sweep(cfg, rest)
+    elif cmd == "evaluate" and mode == "tokenizer":
+        from sonus.codec.infer import run_evaluate_tokenizer
+
+        run_evaluate_tokenizer(cfg)
     elif cmd == "evaluate":
         from sonus.separation.infer import run_evaluate
 
         run_evaluate(cfg)
+    elif cmd in ("tokenize", "detokenize"):
+        from sonus.codec.infer import Tokenizer, detokenize_file, tokenize_file
+
+        tok = Tokenizer.from_checkpoint(cfg.checkpoint)
+        if cmd == "tokenize":
+            codes = tokenize_file(tok, cfg.input, cfg.output, cfg.get("n_q"))
+            print(f"{cfg.output}: codes {codes.shape} ({tok.bitrate(codes.shape[0]):.0f} bit/s)")
+        else:
+            wave = detokenize_file(tok, cfg.input, cfg.output)
+            print(f"{cfg.output}: {wave.shape[0] / tok.sample_rate:.2f} s at {tok.sample_rate} Hz")
     elif cmd == "transcribe":
         from sonus.asr.decoding import DecodingOptions
         from sonus.pipelines.separate_transcribe import transcribe

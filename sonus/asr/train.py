@@ -38,7 +38,7 @@ from sonus.text.tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
-from sonus.train.trainer import build_trainer, seed_everything
+from sonus.train.trainer import build_trainer, resume_path, start_run
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +111,7 @@ def _fit_cmvn(model: TwoPassASR, ds: ASRDataset, n: int = 200) -> None:
 
 def train(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
     """Train the experiment in ``cfg``; returns the output folder (best.ckpt, last.ckpt, ...)."""
-    out = Path(cfg.training.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
-    seed_everything(int(cfg.seed))
+    out = start_run(cfg)
     d = cfg.data
     norm = dict(d.normalize)
     train_utts = read_manifest(d.train_manifest)
@@ -176,10 +173,7 @@ def train(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
         normalize=norm,
     )
     module = ASRLightning(model, tok, optim, opts, decoding_options_from(cfg.decoding))
-    ckpt = t.get("ckpt_path")
-    if ckpt is None and t.get("resume", True) and (out / "last.ckpt").is_file():
-        ckpt = str(out / "last.ckpt")
-        log.info("resuming from %s", ckpt)
+    ckpt = resume_path(t, out)
     trainer.fit(module, train_dl, dev_dl, ckpt_path=ckpt)
     if module.skipped:
         log.warning("%d unreadable utterances were skipped: %s", len(module.skipped), sorted(module.skipped)[:10])

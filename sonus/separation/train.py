@@ -17,7 +17,7 @@ from sonus.separation.lightning import (
     SepTrainOptions,
 )
 from sonus.separation.models import build_model
-from sonus.train.trainer import build_trainer, seed_everything
+from sonus.train.trainer import build_trainer, resume_path, start_run
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,8 @@ def curriculum_from(spec) -> tuple[tuple[int, tuple[str, ...]], ...]:
 
 def train(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
     """Train the separation experiment in ``cfg``; returns the output folder (best.ckpt, last.ckpt, ...)."""
-    out = Path(cfg.training.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    out = start_run(cfg)
     seed = int(cfg.seed)
-    seed_everything(seed)
     d = OmegaConf.to_container(cfg.data, resolve=True)
     t = cfg.training
     train_ds = build_dataset(d, "train", seed)
@@ -67,9 +64,6 @@ def train(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
         compile=bool(t.get("compile", False)), curriculum=curriculum_from(d.get("curriculum")), extra={"data": d},
     )  # fmt: skip
     module = SeparationLightning(model, optim, opts)
-    ckpt = t.get("ckpt_path")
-    if ckpt is None and t.get("resume", True) and (out / "last.ckpt").is_file():
-        ckpt = str(out / "last.ckpt")
-        log.info("resuming from %s", ckpt)
+    ckpt = resume_path(t, out)
     trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt)
     return out

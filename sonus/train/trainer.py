@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 from typing import Any
@@ -89,3 +90,23 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
     pl.seed_everything(seed, workers=True, verbose=False)
+
+
+def start_run(cfg: Any) -> Path:
+    """Create ``training.output_dir``, save the resolved config there, seed everything; returns the folder."""
+    from omegaconf import OmegaConf
+
+    out = Path(cfg.training.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    seed_everything(int(cfg.seed))
+    return out
+
+
+def resume_path(t: Any, output_dir: Path) -> str | None:
+    """``training.ckpt_path`` if given, else ``output_dir/last.ckpt`` when it exists and ``training.resume``."""
+    ckpt = t.get("ckpt_path")
+    if ckpt is None and t.get("resume", True) and (output_dir / "last.ckpt").is_file():
+        ckpt = str(output_dir / "last.ckpt")
+        logging.getLogger(__name__).info("resuming from %s", ckpt)
+    return ckpt

@@ -1,0 +1,1 @@
+"""Speech tokenizer: a neural codec with residual vector quantization."""
