@@ -7,7 +7,7 @@ needs arrives as arguments built from the config (asteroid's System does the sam
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -55,9 +55,8 @@ class ASRLightning(pl.LightningModule):
         has_las = model.las is not None and opts.loss_weights.get("las", 0.0) > 0
         self.has_las = has_las
         self.first = "rnnt" if model.predictor is not None else "ctc"  # the first pass, as metrics name it
-        self.decoding = decoding if has_las else DecodingOptions(
-            strategy=decoding.strategy, beam_size=decoding.beam_size, second_pass="none"
-        )
+        # without LAS only the second pass changes; every other option (max_symbols_per_frame, ...) stays
+        self.decoding = decoding if has_las else replace(decoding, second_pass="none")
         self.decoder = Decoder(model, tokenizer, self.decoding)
         self.skipped: set[str] = set()  # ids of unreadable files dropped with data.skip_bad
         self.curves: dict[str, list[tuple[int, float]]] = {"train/loss_total": [], "val/loss_total": []}

@@ -173,3 +173,15 @@ def test_las_train_fraction_uses_part_of_the_batch_in_training_only():
     assert model.losses(enc, targets, tl).las_output.logits.shape[0] == 2  # round(3 * 0.5)
     model.eval()
     assert model.losses(model.encode(wave, wl), targets, tl).las_output.logits.shape[0] == 3
+
+
+def test_lightning_without_las_keeps_the_decoding_options_but_the_second_pass():
+    from sonus.asr.decoding import DecodingOptions
+    from sonus.asr.lightning import ASRLightning, OptimConfig, TrainOptions
+
+    tok = CharTokenizer("abcdefg")
+    model = TwoPassASR(small_config(tok.vocab_size, las=False))
+    opts = DecodingOptions(strategy="greedy", beam_size=3, max_symbols_per_frame=4, las_weight=0.3)
+    module = ASRLightning(model, tok, OptimConfig(), TrainOptions(loss_weights={"rnnt": 1.0}), opts)
+    assert module.decoding.second_pass == "none"
+    assert (module.decoding.max_symbols_per_frame, module.decoding.beam_size, module.decoding.strategy) == (4, 3, "greedy")
