@@ -11,22 +11,12 @@ reverberation (:mod:`sonus.audio.room`) is sonus's own addition.
 Unlike LibriMix, loudness is measured at the output rate on the part of each signal that
 ends up in the mixture (after the ``min`` cut), so the levels drawn are the levels heard.
 
-Layout read by :class:`LibriMixDataset` and written by
-:func:`sonus.data.recipes.librimix.prepare_librimix` (LibriMix's own names)::
-
-    ROOT/wav{8k,16k}/{min,max}/SPLIT/{mix_clean,mix_both,mix_single,s1,s2,...,noise}/ID.wav
-    ROOT/wav{8k,16k}/{min,max}/metadata/mixture_SPLIT_MIXTYPE.csv
-        mixture_ID, mixture_path, source_1_path, ..., [noise_path], length
-    ROOT/wav{8k,16k}/{min,max}/metadata/metrics_SPLIT_MIXTYPE.csv
-        mixture_ID, source_1_SNR, ..., [noise_SNR]
-
-Paths in the CSVs are absolute (LibriMix) or relative to ROOT (sonus). Shapes: C sources,
-T samples.
+The LibriMix folder layout and its reader are in :mod:`sonus.data.librimix_folder`.
+Shapes: C sources, T samples.
 """
 
 from __future__ import annotations
 
-import csv
 import os
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -39,62 +29,17 @@ import torch
 from torch.utils.data import Dataset
 
 from sonus.audio import augment
-from sonus.audio.io import AudioError, load_audio
+from sonus.audio.io import load_audio
+from sonus.audio.loudness import integrated_loudness
 from sonus.audio.room import RoomConfig, RoomInfo, reverberate, simulate_rirs
 from sonus.data.manifest import Utterance, read_manifest
-from sonus.data.recipes._split import CorpusError, hash_rank
+from sonus.data.recipes._split import pick_held_out
 from sonus.data.recipes.librispeech import find_subsets, scan_subset
 from sonus.data.separation import SeparationExample
 
 Mode = Literal["min", "max"]
 MixType = Literal["mix_clean", "mix_both", "mix_single"]
 SAMPLE_RATES = (8000, 16000)
-
-
-# --- loudness ---------------------------------------------------------------------------
-
-
-def _k_weighting(sample_rate: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """BS.1770 K-weighting (pre-filter high shelf, then RLB high-pass) as two biquads for any
-    rate, from the analogue prototypes' parameters (as libebur128 derives them)."""
-    k = np.tan(np.pi * 1681.974450955533 / sample_rate)
-    q, vh = 0.7071752369554196, 10 ** (3.999843853973347 / 20)
-    vb = vh**0.4996667741545416
-    a0 = 1 + k / q + k * k
-    shelf = (np.array([vh + vb * k / q + k * k, 2 * (k * k - vh), vh - vb * k / q + k * k]) / a0,
-             np.array([1.0, 2 * (k * k - 1) / a0, (1 - k / q + k * k) / a0]))  # fmt: skip
-    k, q = np.tan(np.pi * 38.13547087602444 / sample_rate), 0.5003270373238773
-    a0 = 1 + k / q + k * k
-    high_pass = (np.array([1.0, -2.0, 1.0]), np.array([1.0, 2 * (k * k - 1) / a0, (1 - k / q + k * k) / a0]))
-    return [shelf, high_pass]
-
-
-def integrated_loudness(wave: np.ndarray, sample_rate: int) -> float:
-    """Integrated loudness of a mono (T,) signal in LUFS (ITU-R BS.1770-4): K-weighted mean
-    power over 400 ms blocks (75 % overlap), gated at -70 LUFS and then 10 LU below the
-    ungated mean. A signal shorter than one block is one block; silence gives ``-inf``.
-    A 997 Hz sine of peak 1 measures -3.01 LUFS at every rate.
-
-    Not pyloudnorm (LibriMix's meter): its filters are designed for 48 kHz, and at 8 kHz the
-    same tone measures -3.19 LUFS; these follow libebur128's rate-independent derivation."""
-    from scipy.signal import lfilter
-
-    x = np.asarray(wave, dtype=np.float64)
-    for b, a in _k_weighting(sample_rate):
-        x = lfilter(b, a, x)
-    block, step = round(0.4 * sample_rate), round(0.1 * sample_rate)
-    if x.shape[0] < block:
-        z = np.array([np.mean(x**2) if x.size else 0.0])
-    else:
-        energy = np.concatenate([[0.0], np.cumsum(x**2)])
-        starts = np.arange(0, x.shape[0] - block + 1, step)
-        z = (energy[starts + block] - energy[starts]) / block  # mean square per block
-    with np.errstate(divide="ignore"):
-        z = z[-0.691 + 10 * np.log10(z) > -70.0]
-        if z.size == 0:
-            return float("-inf")
-        z = z[-0.691 + 10 * np.log10(z) > -0.691 + 10 * np.log10(z.mean()) - 10.0]
-    return float(-0.691 + 10 * np.log10(z.mean()))
 
 
 # --- mixing -----------------------------------------------------------------------------
@@ -347,16 +292,11 @@ def speaker_split(
         speakers = {d.name for subset in find_subsets(source) for d in subset.iterdir() if d.is_dir()}
     else:
         speakers = {u.speaker for u in source if u.speaker is not None}
-    ranked = hash_rank(speakers, seed)
     chosen: dict[str, tuple[str, ...]] = {}
     taken: set[str] = set()
     for name, want in (("test", test_speakers), ("dev", dev_speakers)):
         if isinstance(want, int):
-            free = [s for s in ranked if s not in taken]
-            if not 0 <= want < len(free):
-                raise ValueError(f"speaker_split: cannot hold out {want} {name} speakers of the {len(free)} left "
-                                 f"({len(speakers)} in all); at least one must stay for training")  # fmt: skip
-            picked = free[:want]
+            picked = sorted(pick_held_out(speakers - taken, want, seed, what=f"speakers left for {name} ({len(speakers)} in all; at least one must stay for training)"))
         else:
             picked = [str(s) for s in want]
             bad = sorted(set(picked) - speakers) + sorted(set(picked) & taken)
@@ -470,13 +410,13 @@ class DynamicMixDataset(Dataset):
     def from_librispeech(cls, source: str | os.PathLike, cfg: MixConfig, num_items: int,
                          speakers: Iterable[str] | None = None, **kwargs) -> DynamicMixDataset:  # fmt: skip
         """From a LibriSpeech folder, keeping only ``speakers`` if given (e.g. ``speaker_split(...).train``)."""
-        return cls(_keep(librispeech_utterances(source), speakers), cfg, num_items, **kwargs)
+        return cls(keep_speakers(librispeech_utterances(source), speakers), cfg, num_items, **kwargs)
 
     @classmethod
     def from_manifest(cls, path: str | os.PathLike, cfg: MixConfig, num_items: int,
                       speakers: Iterable[str] | None = None, **kwargs) -> DynamicMixDataset:  # fmt: skip
         """From a sonus manifest whose lines give ``speaker``."""
-        return cls(_keep(read_manifest(path), speakers), cfg, num_items, **kwargs)
+        return cls(keep_speakers(read_manifest(path), speakers), cfg, num_items, **kwargs)
 
     def set_epoch(self, epoch: int) -> None:
         """Draw the mixtures of ``epoch``."""
@@ -520,135 +460,9 @@ class DynamicMixDataset(Dataset):
         return mixture.example(draw.id, self.kind)
 
 
-def _keep(utterances: list[Utterance], speakers: Iterable[str] | None) -> list[Utterance]:
+def keep_speakers(utterances: list[Utterance], speakers: Iterable[str] | None) -> list[Utterance]:
+    """The utterances of ``speakers`` (all of them for ``None``)."""
     if speakers is None:
         return utterances
     wanted = set(speakers)
     return [u for u in utterances if u.speaker in wanted]
-
-
-# --- LibriMix folders -------------------------------------------------------------------
-
-
-def rate_folder(sample_rate: int) -> str:
-    """``wav8k`` / ``wav16k``."""
-    if sample_rate % 1000:
-        raise ValueError(f"LibriMix folders name rates in kHz; {sample_rate} Hz is not a whole number of kHz")
-    return f"wav{sample_rate // 1000}k"
-
-
-def metadata_dir(root: str | os.PathLike, sample_rate: int, mode: Mode) -> Path:
-    """``ROOT/wav8k/min/metadata``: where the mixture and metrics CSVs are."""
-    return Path(root) / rate_folder(sample_rate) / mode / "metadata"
-
-
-def mixture_csv(root: str | os.PathLike, sample_rate: int, mode: Mode, split: str, mixture: MixType) -> Path:
-    """``ROOT/wav8k/min/metadata/mixture_SPLIT_MIXTYPE.csv``."""
-    return metadata_dir(root, sample_rate, mode) / f"mixture_{split}_{mixture}.csv"
-
-
-@dataclass(frozen=True)
-class LibriMixRow:
-    """One CSV row: ``line`` in the file (header = 1), absolute paths, ``length`` in samples."""
-
-    id: str
-    line: int
-    mix: Path
-    sources: tuple[Path, ...]
-    length: int
-
-
-class LibriMixDataset(Dataset):
-    """Mixtures of a LibriMix folder (the real one, or one written by ``prepare_librimix``).
-
-    Args:
-        root: the ``Libri2Mix``-like folder holding ``wav8k/`` or ``wav16k/``.
-        split: the split folder's name (``train``, ``dev``, ``test``; real LibriMix also
-            ``train-100``, ``train-360``).
-        sample_rate, mode: which ``wav{8k,16k}/{min,max}`` tree to read.
-        mixture: ``mix_clean``, ``mix_both`` (targets: all sources) or ``mix_single``
-            (target: source 1).
-        n_src: sources per mixture (Libri2Mix: 2, Libri3Mix: 3); the CSV must name that many
-            (one for ``mix_single``).
-
-    Raises:
-        FileNotFoundError: the CSV is missing.
-        CorpusError: a column is missing, a row is malformed or repeats an id, or a file it
-            names is missing -- naming the CSV and its line.
-        AudioError: (when an item is read) a file cannot be decoded or has the wrong length,
-            naming the file and the CSV line.
-    """
-
-    def __init__(self, root: str | os.PathLike, split: str = "train", *, sample_rate: int = 8000,
-                 mode: Mode = "min", mixture: MixType = "mix_clean", n_src: int = 2) -> None:  # fmt: skip
-        if mixture not in get_args(MixType):
-            raise ValueError(f"LibriMixDataset: mixture must be one of {list(get_args(MixType))}, got {mixture!r}")
-        if mode not in get_args(Mode):
-            raise ValueError(f"LibriMixDataset: mode must be one of {list(get_args(Mode))}, got {mode!r}")
-        self.root = Path(root)
-        self.sample_rate, self.mixture = sample_rate, mixture
-        self.n_src = 1 if mixture == "mix_single" else n_src
-        self.csv_path = mixture_csv(root, sample_rate, mode, split, mixture)
-        if not self.csv_path.is_file():
-            raise FileNotFoundError(f"LibriMix metadata not found: {self.csv_path}")
-        self.rows = self._read_csv()
-        if not self.rows:
-            raise CorpusError(f"{self.csv_path}: no mixtures")
-
-    def _read_csv(self) -> list[LibriMixRow]:
-        where = self.csv_path
-        with open(where, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            header = reader.fieldnames or []
-            need = ["mixture_ID", "mixture_path", *(f"source_{i + 1}_path" for i in range(self.n_src)), "length"]
-            missing = [c for c in need if c not in header]
-            if missing:
-                raise CorpusError(f"{where}: missing column(s) {missing} for {self.n_src} source(s); columns are {header}")
-            rows: list[LibriMixRow] = []
-            seen: dict[str, int] = {}
-            for fields in reader:
-                line = reader.line_num
-                if None in fields or any(fields[c] is None for c in need):
-                    raise CorpusError(f"{where}:{line}: expected {len(header)} cells as the header has")
-                text = {c: fields[c].strip() for c in need}
-                empty = [c for c in need if not text[c]]
-                if empty:
-                    raise CorpusError(f"{where}:{line}: empty cell(s) {empty}")
-                try:
-                    length = int(float(text["length"]))
-                except ValueError:
-                    raise CorpusError(f"{where}:{line}: length {text['length']!r} is not a number") from None
-                if length <= 0:
-                    raise CorpusError(f"{where}:{line}: length must be > 0, got {length}")
-                mix_id = text["mixture_ID"]
-                if mix_id in seen:
-                    raise CorpusError(f"{where}:{line}: mixture {mix_id!r} repeats line {seen[mix_id]}")
-                seen[mix_id] = line
-                paths = [self._resolve(text[c]) for c in need[1:-1]]
-                for column, path in zip(need[1:-1], paths):
-                    if not path.is_file():
-                        raise CorpusError(f"{where}:{line}: {column} file not found: {path}")
-                rows.append(LibriMixRow(mix_id, line, paths[0], tuple(paths[1:]), length))
-        return rows
-
-    def _resolve(self, text: str) -> Path:
-        path = Path(text)
-        return path if path.is_absolute() else self.root / path
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def _load(self, path: Path, row: LibriMixRow) -> torch.Tensor:
-        try:
-            wave = load_audio(path, self.sample_rate)
-        except AudioError as e:
-            raise AudioError(e.path, f"{e.reason} (mixture {row.id!r}, {self.csv_path}:{row.line})") from None
-        if wave.shape[0] != row.length:
-            raise AudioError(path, f"{wave.shape[0]} samples, {self.csv_path}:{row.line} says length {row.length}")
-        return wave
-
-    def __getitem__(self, index: int) -> SeparationExample:
-        row = self.rows[index]
-        mix = self._load(row.mix, row)  # (T,)
-        sources = torch.stack([self._load(p, row) for p in row.sources])  # (C, T)
-        return SeparationExample(row.id, mix, sources)

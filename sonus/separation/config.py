@@ -52,11 +52,12 @@ def build_dataset(d: Mapping[str, Any], split: Split, seed: int = 0, variant: st
 def _librimix(d: Mapping[str, Any], split: Split, seed: int, seg: float | None, limit: int | None) -> Dataset:
     from sonus.data.librimix import (
         DynamicMixDataset,
-        LibriMixDataset,
         MixConfig,
+        keep_speakers,
         librispeech_utterances,
         speaker_split,
     )
+    from sonus.data.librimix_folder import LibriMixDataset
     from sonus.data.separation import LimitedDataset, SegmentedDataset
 
     sr, mode = int(d.get("sample_rate", 8000)), d.get("mode", "min")
@@ -73,7 +74,7 @@ def _librimix(d: Mapping[str, Any], split: Split, seed: int, seg: float | None, 
             reverberant_targets=bool(dyn.get("reverberant_targets", False)), segment=seg,
         )  # fmt: skip
         mixture = d.get("mixture", "mix_clean") if dyn.get("noise") else "mix_clean"
-        return DynamicMixDataset([u for u in utts if u.speaker in set(speakers)], cfg, int(_get(dyn, "num_items", 2000)), seed=seed, mixture=mixture)
+        return DynamicMixDataset(keep_speakers(utts, speakers), cfg, int(_get(dyn, "num_items", 2000)), seed=seed, mixture=mixture)
     root = d.get("root")
     if not root:
         raise ValueError("data.root: the LibriMix folder (from `sonus prepare librimix` or the real LibriMix) is not set")

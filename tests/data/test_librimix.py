@@ -13,17 +13,16 @@ import soundfile as sf
 import torch
 
 from sonus.audio.io import AudioError, load_audio, save_audio
+from sonus.audio.loudness import integrated_loudness
 from sonus.audio.room import RoomConfig
 from sonus.data.librimix import (
     DynamicMixDataset,
-    LibriMixDataset,
     MixConfig,
-    integrated_loudness,
     librispeech_utterances,
     mix_sources,
-    mixture_csv,
     speaker_split,
 )
+from sonus.data.librimix_folder import LibriMixDataset, mixture_csv
 from sonus.data.manifest import Utterance, write_manifest
 from sonus.data.recipes._split import CorpusError
 from sonus.data.recipes.librimix import prepare_librimix

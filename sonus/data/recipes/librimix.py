@@ -39,10 +39,9 @@ from sonus.data.librimix import (
     MixType,
     Mode,
     librispeech_utterances,
-    metadata_dir,
-    rate_folder,
     speaker_split,
 )
+from sonus.data.librimix_folder import metadata_dir, rate_folder
 from sonus.data.recipes._split import hash_rank, summarize
 
 log = logging.getLogger(__name__)
