@@ -31,6 +31,8 @@ USAGE = """usage: sonus COMMAND [MODE] [key=value ...]
   sonus train experiment=tokenizer_librispeech data.source=LIBRISPEECH_DIR   (speech tokenizer)
   sonus tokenize checkpoint=CKPT input=in.wav output=codes.npy [n_q=4]   /   sonus detokenize checkpoint=CKPT input=codes.npy output=out.wav
   sonus sweep experiment=sep_dprnn sweep=sep_dprnn [sweep.n_trials=20]   (Optuna; rerun to continue the study)
+  sonus serve checkpoint=ASR_CKPT [separation_checkpoint=...] [tokenizer_checkpoint=...] host=127.0.0.1 port=8000
+  sonus export checkpoint=ASR_CKPT format=onnx output_dir=DIR
 
 Any config key can be overridden; add --cfg to print the composed config and exit.
 """
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"sonus: arguments must be key=value overrides, got {bad}\n\n{USAGE}", file=sys.stderr)
         return 2
-    names = {"prepare": f"prepare/{mode}", "train": "train", "sweep": "train", "decode": "decode", "evaluate": "evaluate", "separate": "separate", "transcribe": "transcribe", "tokenize": "tokenize", "detokenize": "tokenize"}
+    names = {"prepare": f"prepare/{mode}", "train": "train", "sweep": "train", "decode": "decode", "evaluate": "evaluate", "separate": "separate", "transcribe": "transcribe", "tokenize": "tokenize", "detokenize": "tokenize", "serve": "serve", "export": "export"}
     if cmd not in names:
         print(f"sonus: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
         return 2
@@ -186,6 +188,14 @@ def main(argv: list[str] | None = None) -> int:
         from sonus.separation.infer import run_separate
 
         run_separate(cfg)
+    elif cmd == "serve":
+        from sonus.serve import run_serve
+
+        run_serve(cfg)
+    elif cmd == "export":
+        from sonus.export import run_export
+
+        run_export(cfg)
     else:
         from sonus.asr.infer import run_decode
 

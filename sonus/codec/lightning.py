@@ -1,4 +1,11 @@
-"""Lightning glue for the speech tokenizer: reconstruction losses, validation, codebook use, plots."""
+"""Lightning glue for the speech tokenizer: reconstruction losses, validation, codebook use, plots.
+
+With ``adversarial`` options the step is a GAN step (manual optimization, two optimizers):
+from ``start_step`` on, the discriminators (:mod:`sonus.codec.discriminators`) take one LSGAN
+step on the input and the detached reconstruction, then the tokenizer takes one step on its
+reconstruction losses plus the adversarial and feature-matching terms. Before ``start_step``
+only the tokenizer trains (a reconstruction warm-up, as DAC and Vocos do).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,13 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
+from sonus.codec.discriminators import (
+    DiscriminatorConfig,
+    Discriminators,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_loss,
+)
 from sonus.codec.loss import DEFAULT_WEIGHTS, codec_losses, total_loss
 from sonus.codec.model import SpeechTokenizer
 from sonus.metrics.codebook import CodebookCounter
@@ -29,9 +43,29 @@ class CodecOptimConfig:
 
 
 @dataclass(frozen=True)
+class AdversarialConfig:
+    """The GAN stage: discriminator sizes, when it starts, its optimizer (HiFi-GAN's AdamW betas)."""
+
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    start_step: int = 0
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.8, 0.99)
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.discriminator, dict):
+            object.__setattr__(self, "discriminator", DiscriminatorConfig(**self.discriminator))
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if self.start_step < 0 or self.lr <= 0 or len(self.betas) != 2:
+            raise ValueError(f"AdversarialConfig: invalid start_step={self.start_step}, lr={self.lr} or betas={self.betas}")
+
+
+@dataclass(frozen=True)
 class CodecTrainOptions:
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     plot_dir: str | None = None
+    adversarial: AdversarialConfig | None = None  # None: reconstruction losses only
+    grad_clip: float = 1.0  # the tokenizer's, in the adversarial (manual) step; else the Trainer clips
 
 
 class CodecLightning(pl.LightningModule):
@@ -42,6 +76,11 @@ class CodecLightning(pl.LightningModule):
         self._val: list[tuple[float, float, int]] = []  # (loss sum, si_sdr sum, n)
         self._counter: CodebookCounter | None = None
         self._example: tuple | None = None
+        adv = opts.adversarial
+        if adv is not None and model.cfg.head != "istft":
+            raise ValueError("adversarial training needs a waveform: model.head must be istft")
+        self.discriminator = Discriminators(adv.discriminator) if adv is not None else None
+        self.automatic_optimization = adv is None
 
     def on_train_epoch_start(self) -> None:
         ds = getattr(self.trainer.train_dataloader, "dataset", None)
@@ -51,17 +90,51 @@ class CodecLightning(pl.LightningModule):
     def training_step(self, wave: torch.Tensor, batch_idx: int) -> torch.Tensor:
         out = self.model(wave)
         parts = codec_losses(out, wave, self.model.cfg.sample_rate)
+        adv = self.opts.adversarial
+        if adv is not None and self.global_step >= adv.start_step:
+            parts |= self._adversarial_terms(wave, out.wave)
         loss = total_loss(parts, self.opts.weights)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss at step {self.global_step}: { {k: float(v) for k, v in parts.items()} }")
+        if adv is not None:
+            self._generator_step(loss)
         bs = wave.shape[0]
         self.log("train/loss", loss, batch_size=bs, prog_bar=True)
         for k, v in parts.items():
             self.log(f"train/{k}", v, batch_size=bs)
-        self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
+        opt = self.optimizers()
+        self.log("lr", (opt[0] if isinstance(opt, list) else opt).param_groups[0]["lr"], batch_size=bs)
         if self.global_step % 10 == 0:
             self.curves["train/loss"].append((self.global_step, float(loss.detach())))
         return loss
+
+    def _adversarial_terms(self, wave: torch.Tensor, rec: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One discriminator step, then the tokenizer's adversarial and feature-matching losses."""
+        _, opt_d = self.optimizers()
+        with torch.autocast(wave.device.type, enabled=False):
+            real, _ = self.discriminator(wave)
+            fake, _ = self.discriminator(rec.detach())
+            loss_d = discriminator_loss(real, fake)
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(loss_d)
+            torch.nn.utils.clip_grad_norm_(self.discriminator.parameters(), self.opts.adversarial.grad_clip)
+            opt_d.optimizer.step()  # the raw optimizer: global_step counts tokenizer steps only
+            self.discriminator.requires_grad_(False)
+            with torch.no_grad():
+                _, feats_real = self.discriminator(wave)
+            fake, feats_fake = self.discriminator(rec)
+            self.discriminator.requires_grad_(True)
+        self.log("train/discriminator", loss_d.detach(), batch_size=wave.shape[0])
+        return {"adversarial": generator_loss(fake), "feature_matching": feature_matching_loss(feats_real, feats_fake)}
+
+    def _generator_step(self, loss: torch.Tensor) -> None:
+        opt_g = self.optimizers()[0]
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        self.clip_gradients(opt_g, gradient_clip_val=self.opts.grad_clip, gradient_clip_algorithm="norm")
+        opt_g.step()
+        sched = self.lr_schedulers()
+        (sched[0] if isinstance(sched, list) else sched).step()
 
     def on_validation_epoch_start(self) -> None:
         cfg = self.model.cfg.rvq
@@ -106,7 +179,11 @@ class CodecLightning(pl.LightningModule):
         c = self.optim_cfg
         opt = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_decay(c.warmup_steps, "cosine", c.total_steps))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        adv = self.opts.adversarial
+        if adv is None:
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        opt_d = torch.optim.AdamW(self.discriminator.parameters(), lr=adv.lr, betas=adv.betas, weight_decay=c.weight_decay)
+        return [opt, opt_d], [{"scheduler": sched, "interval": "step"}]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Self-contained: the codec config next to the weights (what ``Tokenizer.from_checkpoint`` reads)."""

@@ -18,7 +18,8 @@ from torch import Tensor
 
 from sonus.codec.model import CodecOutput
 
-DEFAULT_WEIGHTS = {"mel_l1": 1.0, "mel_mse": 0.5, "stft": 1.0, "commitment": 0.25, "codebook": 1.0}
+# adversarial, feature_matching: the GAN stage's terms (HiFi-GAN: 1 and 2), present only when it runs
+DEFAULT_WEIGHTS = {"mel_l1": 1.0, "mel_mse": 0.5, "stft": 1.0, "commitment": 0.25, "codebook": 1.0, "adversarial": 1.0, "feature_matching": 2.0}
 # (n_fft, hop) at 24 kHz; scaled with the sample rate
 STFT_RESOLUTIONS = ((512, 128), (1024, 256), (2048, 512))
 

@@ -9,7 +9,12 @@ import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler
 
-from sonus.codec.lightning import CodecLightning, CodecOptimConfig, CodecTrainOptions
+from sonus.codec.lightning import (
+    AdversarialConfig,
+    CodecLightning,
+    CodecOptimConfig,
+    CodecTrainOptions,
+)
 from sonus.codec.model import CodecConfig, SpeechTokenizer
 from sonus.codec.quantize import RVQConfig
 from sonus.data.audio_dataset import AudioSegmentDataset, split_utterances
@@ -22,18 +27,29 @@ log = logging.getLogger(__name__)
 def codec_config_from(m: DictConfig) -> CodecConfig:
     d = OmegaConf.to_container(m, resolve=True)
     d.pop("loss_weights", None)
+    d.pop("adversarial", None)
     return CodecConfig(**{**d, "rvq": RVQConfig(**d["rvq"])})
 
 
 def utterances_from(d: DictConfig) -> list[Utterance]:
-    """The corpus of ``data``: a manifest (``data.manifest``) or a LibriSpeech folder (``data.source``)."""
+    """The corpus of ``data``: a manifest (``data.manifest``) or a LibriSpeech folder (``data.source``),
+    less the speakers of ``data.exclude_speakers`` (held out for a benchmark)."""
     if d.get("manifest"):
-        return read_manifest(d.manifest)
-    if d.get("source"):
+        utts = read_manifest(d.manifest)
+    elif d.get("source"):
         from sonus.data.librimix import librispeech_utterances
 
-        return librispeech_utterances(d.source)
-    raise ValueError("data.source (a LibriSpeech folder) or data.manifest (a sonus manifest) must be set")
+        utts = librispeech_utterances(d.source)
+    else:
+        raise ValueError("data.source (a LibriSpeech folder) or data.manifest (a sonus manifest) must be set")
+    exclude = {str(s) for s in (d.get("exclude_speakers") or [])}
+    if exclude:
+        unknown = exclude - {u.speaker for u in utts}
+        if unknown:
+            raise ValueError(f"data.exclude_speakers: no utterances of speakers {sorted(unknown)}")
+        utts = [u for u in utts if u.speaker not in exclude]
+        log.info("codec data: speakers %s held out, %d utterances left", sorted(exclude), len(utts))
+    return utts
 
 
 def train(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
@@ -52,14 +68,17 @@ def train(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
     log.info("codec: %.2fM parameters, %.1f frames/s, %.0f bit/s at %d quantizers; train %d, val %d utterances",
              sum(p.numel() for p in model.parameters()) / 1e6, model_cfg.frame_rate, model_cfg.bitrate(), model_cfg.rvq.n_q,
              len(train_ds), len(val_ds))  # fmt: skip
-    trainer = build_trainer(cfg, out, monitor="val/loss", mode="min", extra_callbacks=callbacks)
+    adv = OmegaConf.to_container(cfg.model.get("adversarial") or {"enabled": False}, resolve=True)
+    adversarial = AdversarialConfig(**{k: v for k, v in adv.items() if k != "enabled"}) if adv.pop("enabled", True) else None
+    trainer = build_trainer(cfg, out, monitor="val/loss", mode="min", extra_callbacks=callbacks, manual_optimization=adversarial is not None)
     world, rank = trainer.world_size, trainer.global_rank
     sampler = DistributedSampler(train_ds, world, rank, shuffle=True, seed=seed) if world > 1 else None
     nw = int(d.get("num_workers") or 0)
     train_dl = DataLoader(train_ds, int(t.batch_size), shuffle=sampler is None, sampler=sampler, num_workers=nw, drop_last=True)
     val_dl = DataLoader(val_ds, int(t.batch_size), sampler=DistributedSampler(val_ds, world, rank, shuffle=False) if world > 1 else None, num_workers=nw)
     optim = CodecOptimConfig(lr=float(t.lr), weight_decay=float(t.weight_decay), warmup_steps=int(t.warmup_steps), total_steps=int(t.total_steps))
-    module = CodecLightning(model, optim, CodecTrainOptions(weights=dict(cfg.model.loss_weights), plot_dir=str(out / "plots")))
+    opts = CodecTrainOptions(weights=dict(cfg.model.loss_weights), plot_dir=str(out / "plots"), adversarial=adversarial, grad_clip=float(t.grad_clip))
+    module = CodecLightning(model, optim, opts)
     ckpt = resume_path(t, out)
     trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt)
     return out

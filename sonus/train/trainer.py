@@ -22,7 +22,7 @@ from sonus.train.checkpoint import AtomicCheckpointIO
 from sonus.train.loggers import build_loggers
 
 
-def build_trainer(cfg: Any, output_dir: Path, monitor: str, mode: str = "min", extra_callbacks: list[pl.Callback] | None = None) -> pl.Trainer:
+def build_trainer(cfg: Any, output_dir: Path, monitor: str, mode: str = "min", extra_callbacks: list[pl.Callback] | None = None, manual_optimization: bool = False) -> pl.Trainer:
     """cfg is the whole run config (``training``, ``wandb``, ``tensorboard`` groups).
 
     ``output_dir`` gets ``best.ckpt`` (by ``monitor``), ``last.ckpt``, and the
@@ -68,7 +68,7 @@ def build_trainer(cfg: Any, output_dir: Path, monitor: str, mode: str = "min", e
         num_nodes=t.get("num_nodes", 1),
         strategy=t.get("strategy", "auto"),
         precision=t.get("precision", "32-true"),
-        gradient_clip_val=float(t.grad_clip),
+        gradient_clip_val=None if manual_optimization else float(t.grad_clip),  # a manual step clips itself
         accumulate_grad_batches=int(t.get("accumulate_grad_batches", 1)),
         callbacks=callbacks,
         logger=loggers or False,
@@ -77,7 +77,7 @@ def build_trainer(cfg: Any, output_dir: Path, monitor: str, mode: str = "min", e
         limit_train_batches=t.get("limit_train_batches") or 1.0,
         limit_val_batches=t.get("limit_val_batches") or 1.0,
         val_check_interval=t.get("val_check_interval", 1.0),
-        check_val_every_n_epoch=int(t.get("check_val_every_n_epoch", 1)),
+        check_val_every_n_epoch=None if t.get("check_val_every_n_epoch", 1) is None else int(t.check_val_every_n_epoch),  # null: val_check_interval counts steps across epochs
         use_distributed_sampler=False,  # our duration sampler shards by rank itself
         plugins=[AtomicCheckpointIO()],
         enable_model_summary=t.get("model_summary", True),

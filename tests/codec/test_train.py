@@ -27,18 +27,22 @@ def _librispeech(root, n_spk=2, n_utt=6, sr=16000):
     return root
 
 
-def test_tokenizer_training_runs_and_lowers_val_loss(tmp_path):
-    src = _librispeech(tmp_path / "ls")
-    out = tmp_path / "exp"
-    args = [
+def tiny_train_args(src, out, epochs: int) -> list[str]:
+    """`sonus train` arguments of a tiny 8 kHz tokenizer on the folder ``_librispeech`` made."""
+    return [
         "train", "experiment=tokenizer_librispeech", f"data.source={src}", "data.val_fraction=0.2", "data.num_workers=0",
         "data.segment_seconds=0.5", "data.val_segment_seconds=1.0", "model.sample_rate=8000", "model.hop=80", "model.n_fft=320",
         "model.n_mels=32", "model.hidden_dim=32", "model.encoder_layers=1", "model.decoder_layers=1", "model.rvq.dim=16",
-        "model.rvq.n_q=2", "model.rvq.codebook_size=16", f"training.output_dir={out}", "training.num_epochs=6",
+        "model.rvq.n_q=2", "model.rvq.codebook_size=16", f"training.output_dir={out}", f"training.num_epochs={epochs}",
         "training.batch_size=4", "training.lr=3e-3", "training.warmup_steps=2", "training.total_steps=100",
         "training.progress_bar=tqdm", "training.model_summary=false", "wandb.enabled=false",
     ]  # fmt: skip
-    assert main(args) == 0
+
+
+def test_tokenizer_training_runs_and_lowers_val_loss(tmp_path):
+    src = _librispeech(tmp_path / "ls")
+    out = tmp_path / "exp"
+    assert main(tiny_train_args(src, out, epochs=6)) == 0
     ck = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
     val = [v for _, v in ck["curves"]["val/loss"]]
     assert len(val) == 6 and val[-1] < 0.8 * val[0], val

@@ -96,6 +96,8 @@ class BeamState:
     lengths: torch.Tensor  # (B*K,)
     pred_state: PredState  # each (layers, B*K, H)
     pred_p: torch.Tensor  # (B*K, J) projected predictor output after each slot's last label
+    frames: torch.Tensor | None = None  # (B*K, L) encoder frame at which each label was emitted (None: not tracked)
+    t: torch.Tensor | None = None  # (B,) encoder frames each utterance has finished
 
     @classmethod
     def start(cls, predictor: Predictor, joiner: Joiner, B: int, K: int, device: torch.device) -> BeamState:
@@ -104,7 +106,8 @@ class BeamState:
         scores[:, 0] = 0.0
         keys = torch.zeros(B, K, dtype=torch.long, device=device)
         tokens = torch.zeros(B * K, 16, dtype=torch.long, device=device)
-        return cls(scores, keys, tokens, torch.zeros(B * K, dtype=torch.long, device=device), pred_state, pred_p)
+        n = torch.zeros(B * K, dtype=torch.long, device=device)
+        return cls(scores, keys, tokens, n, pred_state, pred_p, torch.zeros_like(tokens), torch.zeros(B, dtype=torch.long, device=device))
 
     def log_probs(self, joiner: Joiner, enc_p_t: torch.Tensor) -> torch.Tensor:
         """enc_p_t (B, J) -> (B, K, V) log-probabilities of every slot's next symbol, in fp32."""
@@ -115,6 +118,20 @@ class BeamState:
         """Room for ``labels`` more labels in every slot (grown as the hypotheses grow, not for
         the worst case up front: every step copies the buffer)."""
         self.tokens = reserve(self.tokens, int(self.lengths.max()) + labels + 1)
+        self.frames = reserve(self._frames(), self.tokens.shape[1])
+        return self
+
+    def _frames(self) -> torch.Tensor:
+        """(B*K, L) emission frames; zeros for a state built without them."""
+        return self.frames if self.frames is not None else torch.zeros_like(self.tokens)
+
+    def _t(self) -> torch.Tensor:
+        """(B,) frames finished; zeros for a state built without them."""
+        return self.t if self.t is not None else self.scores.new_zeros(self.scores.shape[0], dtype=torch.long)
+
+    def next_frame(self, active: torch.Tensor) -> BeamState:
+        """Count the frame just decoded for the utterances where active (B,) is True."""
+        self.t = self._t() + active.long()
         return self
 
     def advance(self, predictor: Predictor, joiner: Joiner, sel: Selection, active: torch.Tensor) -> BeamState:
@@ -127,21 +144,24 @@ class BeamState:
         rows = (torch.arange(B, device=act.device)[:, None] * K + src).view(-1)  # (B*K,) old rows
         tokens, n = self.tokens[rows], self.lengths[rows]
         tokens[torch.arange(B * K, device=act.device), n] = label  # a slot without a label writes scratch
+        frames = self._frames()[rows]
+        frames[torch.arange(B * K, device=act.device), n] = self._t().repeat_interleave(K)
         emit = label != BLANK
         pred_state, pred_p = feed_labels(predictor, joiner, label, emit, select_rows(self.pred_state, rows), self.pred_p[rows])
         return BeamState(
             torch.where(act, sel.scores, self.scores), torch.where(act, sel.keys, self.keys), tokens,
-            n + emit.long(), pred_state, pred_p,
+            n + emit.long(), pred_state, pred_p, frames, self._t(),
         )  # fmt: skip
 
     def results(self) -> list[DecodeResult]:
         B, K = self.scores.shape
         scores, order = self.scores.sort(dim=1, descending=True, stable=True)
         lengths = self.lengths.view(B, K).tolist()
+        frames = self._frames()
         out = []
         for b, (row, ks) in enumerate(zip(scores.tolist(), order.tolist())):
-            hyps = [(s, k) for s, k in zip(row, ks) if s > float("-inf")]
-            out.append(DecodeResult([Hypothesis(self.tokens[b * K + k, : lengths[b][k]].tolist(), s, s) for s, k in hyps]))
+            hyps = [(s, k, b * K + k, lengths[b][k]) for s, k in zip(row, ks) if s > float("-inf")]
+            out.append(DecodeResult([Hypothesis(self.tokens[i, :n].tolist(), s, s, frames=frames[i, :n].tolist()) for s, _, i, n in hyps]))
         return out
 
 
@@ -171,7 +191,7 @@ class ModifiedBeamSearch(_BeamSearchBase):
         cand, idx = (state.scores[:, :, None] + lp).view(B, K * V).topk(min(2 * K, K * V), dim=-1)  # (B, N)
         src, label = idx // V, idx % V
         sel = select_hypotheses(cand, src, label, extend_keys(state.keys.gather(1, src), label), K)
-        return state.advance(predictor, joiner, sel, active)
+        return state.advance(predictor, joiner, sel, active).next_frame(active)
 
 
 class BeamSearch(_BeamSearchBase):
@@ -209,4 +229,4 @@ class BeamSearch(_BeamSearchBase):
             sel = select_hypotheses(cand, src, label, keys, K, done=label == BLANK)
             state = state.advance(predictor, joiner, sel, active)
             closed = torch.where(active[:, None], sel.done, closed)
-        return state
+        return state.next_frame(active)

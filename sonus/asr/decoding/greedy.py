@@ -42,6 +42,8 @@ class GreedyState:
     tokens: torch.Tensor  # (B, L) labels; row b's first lengths[b] are its hypothesis, the rest is scratch
     lengths: torch.Tensor  # (B,)
     scores: torch.Tensor  # (B,) log-probability of the path taken
+    frames: torch.Tensor | None = None  # (B, L) encoder frame at which each label was emitted (None: not tracked)
+    offset: torch.Tensor | None = None  # (B,) encoder frames consumed before this state's next ``run``
 
 
 class GreedySearch(TransducerSearch[GreedyState]):
@@ -60,7 +62,8 @@ class GreedySearch(TransducerSearch[GreedyState]):
     def start(self, predictor: Predictor, joiner: Joiner, batch: int, device: torch.device) -> GreedyState:
         state, pred_p = prime_predictor(predictor, joiner, batch, device)
         z = torch.zeros(batch, dtype=torch.long, device=device)
-        return GreedyState(state, pred_p, torch.zeros(batch, 16, dtype=torch.long, device=device), z, torch.zeros(batch, device=device))
+        tokens = torch.zeros(batch, 16, dtype=torch.long, device=device)
+        return GreedyState(state, pred_p, tokens, z, torch.zeros(batch, device=device), torch.zeros_like(tokens), z.clone())
 
     @torch.no_grad()
     def run(self, predictor: Predictor, joiner: Joiner, enc: torch.Tensor, lengths: torch.Tensor, state: GreedyState) -> GreedyState:
@@ -75,6 +78,8 @@ class GreedySearch(TransducerSearch[GreedyState]):
         emitted = torch.zeros(B, dtype=torch.long, device=dev)  # labels it emitted in that frame
         n, scores = state.lengths.clone(), state.scores.clone()
         tokens = reserve(state.tokens, int(n.max()) + T * self.max_symbols + 1)  # +1: the scratch slot
+        at_frame = reserve(_frames_of(state), tokens.shape[1])  # (B, L) emission frames, alongside tokens
+        offset = state.offset if state.offset is not None else torch.zeros_like(n)
         pred_state, pred_p = state.pred_state, state.pred_p
         zero = scores.new_zeros(())
         first_labels = torch.zeros(W, joiner.out.out_features, dtype=torch.bool, device=dev)  # (W, V): the labels of frame t
@@ -98,13 +103,20 @@ class GreedySearch(TransducerSearch[GreedyState]):
             emitted = torch.where(emit, torch.where(first == 0, emitted + 1, 1), 0)
             t = torch.minimum(t + first, lengths)  # a finished utterance stays at its end
             tokens[rows, n] = label  # a row that did not emit writes its scratch slot
+            at_frame[rows, n] = offset + t
             n += emit
             pred_state, pred_p = feed_labels(predictor, joiner, label, emit, pred_state, pred_p)
-        return GreedyState(pred_state, pred_p, tokens, n, scores)
+        return GreedyState(pred_state, pred_p, tokens, n, scores, at_frame, offset + lengths.clamp(max=T))
 
     def results(self, state: GreedyState) -> list[DecodeResult]:
         scores = state.scores.tolist()
+        frames = _frames_of(state)
         return [
-            DecodeResult([Hypothesis(state.tokens[b, :n].tolist(), scores[b], scores[b])])
+            DecodeResult([Hypothesis(state.tokens[b, :n].tolist(), scores[b], scores[b], frames=frames[b, :n].tolist())])
             for b, n in enumerate(state.lengths.tolist())
         ]
+
+
+def _frames_of(state: GreedyState) -> torch.Tensor:
+    """The state's (B, L) emission frames; zeros for a state built without them."""
+    return state.frames if state.frames is not None else torch.zeros_like(state.tokens)

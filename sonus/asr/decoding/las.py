@@ -52,7 +52,7 @@ def combine(results: list[DecodeResult], las_weight: float, length_bonus: float 
         for h in r.nbest:
             las = h.las_score if h.las_score is not None else 0.0
             score = (1.0 - las_weight) * h.rnnt_score + las_weight * las + length_bonus * len(h.tokens)
-            nbest.append(Hypothesis(h.tokens, score, h.rnnt_score, h.las_score, h.text))
+            nbest.append(Hypothesis(h.tokens, score, h.rnnt_score, h.las_score, h.text, h.frames))
         nbest.sort(key=lambda h: -h.score)
         out.append(DecodeResult(nbest))
     return out

@@ -50,6 +50,7 @@ class Hypothesis:
     rnnt_score: float  # the first pass' log-probability: RNN-T's, or CTC's with a CTC first pass
     las_score: float | None = None
     text: str = ""
+    frames: list[int] | None = None  # transducer searches: the encoder frame at which each token was emitted
 
 
 @dataclass

@@ -1,0 +1,162 @@
+"""Streaming greedy RTF: PyTorch (sonus.asr.StreamingDecoder) vs onnxruntime (sonus.export OnnxRecognizer).
+
+    OMP_NUM_THREADS=1 python benchmarks/onnx_rtf.py                   # exp/demo/best.ckpt, 20 LibriSpeech-mini utterances
+    OMP_NUM_THREADS=1 python benchmarks/onnx_rtf.py --manifest data/synth/test.jsonl --num 50
+
+The checkpoint is exported to a temporary folder, then every utterance is streamed in
+--chunk-ms chunks through both recognizers, one thread each, alternating PyTorch and ORT
+utterance by utterance so that load from other processes hits both alike. Timed: the whole
+stream from the waveform (front end, encoder, greedy search, up to --max-symbols labels a frame;
+with --las also the LAS score of the result at the end). RTF = compute time / audio duration.
+"Agree" counts utterances whose token ids are identical. Audio is read in place (FLAC, 16 kHz).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import onnxruntime
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from sonus.asr import StreamingDecoder
+from sonus.asr.decoding import DecodingOptions
+from sonus.asr.model import load_checkpoint
+from sonus.audio.io import load_audio
+from sonus.data.manifest import read_manifest
+from sonus.export.onnx import ExportOptions, export_model
+from sonus.export.ort_decoder import OnnxRecognizer
+
+DEFAULT_DATA = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "data"
+    / "librispeech-mini"
+    / "train-clean-5"
+)
+
+
+def audio_files(data: Path, manifest: str | None, num: int) -> list[Path]:
+    """The first ``num`` utterances of a manifest, or of a folder's FLAC files (sorted)."""
+    if manifest:
+        return [Path(u.audio_filepath) for u in read_manifest(manifest)[:num]]
+    files = sorted(data.rglob("*.flac"))[:num]
+    if not files:
+        raise FileNotFoundError(f"no .flac files under {data}")
+    return files
+
+
+def torch_stream(sd: StreamingDecoder, wave: torch.Tensor) -> list[int]:
+    state = sd.initial_state(1)
+    for s in range(0, wave.shape[0], sd.chunk_samples):
+        _, state = sd.step(wave[None, s : s + sd.chunk_samples], state)
+    first, _ = sd.finish(state)
+    return first[0].best.tokens
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--checkpoint", default="exp/demo/best.ckpt")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="folder of .flac files (read in place)",
+    )
+    ap.add_argument(
+        "--manifest",
+        default=None,
+        help="read utterances from this manifest instead of --data",
+    )
+    ap.add_argument("--num", type=int, default=20)
+    ap.add_argument("--chunk-ms", type=float, default=160.0)
+    ap.add_argument("--max-symbols", type=int, default=10)
+    ap.add_argument(
+        "--las",
+        action="store_true",
+        help="also score the result with LAS at the end (both sides)",
+    )
+    args = ap.parse_args()
+
+    torch.set_num_threads(1)
+    ck = load_checkpoint(args.checkpoint)
+    opts = DecodingOptions(
+        strategy="greedy",
+        max_symbols_per_frame=args.max_symbols,
+        second_pass="rescore" if args.las else "none",
+    )
+    sd = StreamingDecoder(ck.model, ck.tokenizer, opts, chunk_ms=args.chunk_ms)
+    files = audio_files(args.data, args.manifest, args.num)
+    waves = [load_audio(f, ck.model.cfg.sample_rate) for f in files]
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        export_model(
+            ck.model,
+            ck.tokenizer,
+            tmp,
+            ExportOptions(chunk_ms=args.chunk_ms),
+            ck.normalize,
+            args.checkpoint,
+        )
+        export_s = time.perf_counter() - t0
+        rec = OnnxRecognizer(
+            tmp, num_threads=1, max_symbols_per_frame=args.max_symbols, las=args.las
+        )
+        # warm-up: first-call set-up is not per-utterance cost
+        torch_stream(sd, waves[0])
+        rec.transcribe(waves[0].numpy(), sd.chunk_samples)
+        t_pt = t_ort = 0.0
+        agree, tokens, mismatches = 0, 0, []
+        for f, w in zip(files, waves):
+            t0 = time.perf_counter()
+            want = torch_stream(sd, w)
+            t1 = time.perf_counter()
+            got = rec.transcribe(w.numpy(), sd.chunk_samples).tokens
+            t2 = time.perf_counter()
+            t_pt, t_ort = t_pt + t1 - t0, t_ort + t2 - t1
+            agree += got == want
+            tokens += len(want)
+            if got != want:
+                mismatches.append(f.name)
+    audio_s = sum(w.shape[0] for w in waves) / ck.model.cfg.sample_rate
+    rtf_pt, rtf_ort = t_pt / audio_s, t_ort / audio_s
+    title = (
+        f"{args.checkpoint}: streaming greedy, {args.chunk_ms:g} ms chunks, 1 thread, {len(waves)} utterances, "
+        f"{audio_s:.1f} s of audio, {tokens} tokens (PyTorch); export {export_s:.1f} s"
+    )
+    table = Table(title=title)
+    for col in (
+        "system",
+        "compute s",
+        "RTF",
+        "speed-up vs PyTorch",
+        "tokens identical",
+    ):
+        table.add_column(col, justify="left" if col == "system" else "right")
+    table.add_row(
+        f"PyTorch {torch.__version__}", f"{t_pt:.2f}", f"{rtf_pt:.4f}", "1.00x", "-"
+    )
+    table.add_row(
+        f"onnxruntime {onnxruntime.__version__}",
+        f"{t_ort:.2f}",
+        f"{rtf_ort:.4f}",
+        f"{rtf_pt / rtf_ort:.2f}x",
+        f"{agree}/{len(waves)}",
+    )
+    Console(width=160).print(table)
+    if mismatches:
+        print("token mismatch:", ", ".join(mismatches))
+    print(
+        f"load (os.getloadavg, 1/5/15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""A tiny exported recognizer: random weights made decisive, CMVN fitted on tone audio, saved as
+a checkpoint and exported once per module. Two variants cover the exporter's branches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sonus.asr.config import (
+    ASRModelConfig,
+    EncoderConfig,
+    JoinerConfig,
+    LASConfig,
+    PredictorConfig,
+)
+from sonus.asr.model import TwoPassASR, save_model
+from sonus.audio.io import load_audio
+from sonus.export.onnx import export_onnx
+from sonus.text.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer
+
+VARIANTS = {
+    # LSTM predictor, stacked reduction, LAS, character tokenizer
+    "lstm_stack_las": {
+        "pred": "lstm",
+        "reduction_type": "stack",
+        "las": True,
+        "sp": False,
+    },
+    # GRU predictor, pooled reduction, no LAS, SentencePiece tokenizer
+    "gru_pool_sp": {"pred": "gru", "reduction_type": "pool", "las": False, "sp": True},
+}
+
+
+@dataclass
+class Exported:
+    model: TwoPassASR
+    tokenizer: Tokenizer
+    checkpoint: Path
+    folder: Path
+    waves: list[np.ndarray]  # (S,) float32 test utterances
+
+
+def tiny_config(
+    vocab: int, pred: str = "lstm", reduction_type: str = "stack", las: bool = True
+) -> ASRModelConfig:
+    return ASRModelConfig(
+        vocab_size=vocab,
+        n_mels=40,
+        encoder=EncoderConfig(
+            hidden=32, layers=2, reduction=4, reduction_type=reduction_type
+        ),
+        predictor=PredictorConfig(
+            kind=pred, hidden=24, embed=16, layers=2 if pred == "gru" else 1
+        ),
+        joiner=JoinerConfig(hidden=32),
+        las=LASConfig(
+            enabled=las,
+            enc2_hidden=16,
+            dec_hidden=24,
+            embedding_dim=8,
+            attention_dim=16,
+        ),
+    )
+
+
+def build_model(tok: Tokenizer, waves: list[np.ndarray], seed: int, **kw) -> TwoPassASR:
+    """Random weights with sharp joiner posteriors (so greedy emits labels) and CMVN fitted on ``waves``."""
+    torch.manual_seed(seed)
+    model = TwoPassASR(
+        tiny_config(tok.vocab_size, **kw), specaug=None, gain=None
+    ).eval()
+    lengths = torch.tensor([len(w) for w in waves])
+    batch = torch.zeros(len(waves), int(lengths.max()))
+    for b, w in enumerate(waves):
+        batch[b, : len(w)] = torch.from_numpy(w)
+    with torch.no_grad():
+        feats, flen = model.raw_features(batch, lengths)
+        model.cmvn.fit(feats, flen)
+        model.joiner.enc_proj.weight.mul_(30.0)
+        model.joiner.out.weight.mul_(3.0)
+        model.joiner.out.bias[0] += 2.0
+    return model
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def exported(request, tone_corpus, tmp_path_factory) -> Exported:
+    kw = dict(VARIANTS[request.param])
+    sp = kw.pop("sp")
+    wav_dir = tone_corpus["dev"].parent / "wavs"
+    waves = [load_audio(p).numpy() for p in sorted(wav_dir.glob("dev-*.wav"))[:4]]
+    texts = ["abc fed bad", "cab dec face", "face bad", "dec abc cab"]
+    tok = (
+        SentencePieceTokenizer.train(texts * 4, vocab_size=12)
+        if sp
+        else CharTokenizer("abcdef ")
+    )
+    model = build_model(
+        tok,
+        [load_audio(p).numpy() for p in sorted(wav_dir.glob("train-*.wav"))[:16]],
+        seed=1,
+        **kw,
+    )
+    tmp = tmp_path_factory.mktemp(request.param)
+    ckpt = tmp / "model.ckpt"
+    save_model(ckpt, model, tok)
+    folder = tmp / "onnx"
+    export_onnx(ckpt, folder)
+    return Exported(model, tok, ckpt, folder, waves)
