@@ -213,8 +213,14 @@ def main() -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     meta = {"checkpoint": str(a.checkpoint), "test_speakers": speakers, "files": len(files), "seconds": seconds,
             "tokenizer": tok.cfg.to_dict(), "trained_global_step": ck.get("global_step"), "excluded_in_training": sorted(excluded)}  # fmt: skip
-    (a.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    per_file = {name: [{k: r[k] for k in ("pesq_nb", "stoi")} for r in rs] for name, rs in systems.items()}
+    (a.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows, "per_file": per_file, "files": [str(f) for f in files]}, indent=2))
     print_table(rows, meta)
+    c2 = per_file.get("Codec2 3200")
+    for name, rs in per_file.items():  # how often, not only on average: paired wins per utterance
+        if name.startswith("sonus") and c2 and rows[name]["kbps"] <= 3.2 + 1e-9:
+            wins = sum(r["pesq_nb"] > c["pesq_nb"] for r, c in zip(rs, c2, strict=True))
+            print(f"{name}: PESQ-nb above Codec2 3200's on {wins} of {len(rs)} utterances")
     return 0
 
 

@@ -76,7 +76,7 @@ async def client(url: str, pcm: np.ndarray, duration: float, max_chunks: int, st
                         stats.latencies.append(now - sent.pop(s))
                 elif msg["type"] == "error":
                     stats.errors.append(msg["message"])
-                elif msg["type"] == "final":
+                elif msg["type"] == "final" and not msg.get("endpoint"):  # the endpoint rules' finals leave the stream open
                     return
 
         reader = asyncio.create_task(receive())

@@ -16,6 +16,10 @@ WebSocket ``/v1/stream`` (``?token=TOKEN`` when the server has an ``auth_token``
   "nbest": [{"text", "score", "rnnt_score", "las_score"}], "words": [{"word", "start", "end"}],
   "samples": N, "duration": s}`` (the two-pass result; word times in seconds from the
   transducer alignment), then the server closes with 1000;
+- server -> client when the endpoint rules (``endpoint`` options) end an utterance by
+  themselves: the same final message with ``"endpoint": true``, its ``segment`` number and
+  ``start`` (seconds into the stream); the stream stays open and decoding goes on from a fresh
+  state (partials carry ``segment`` too and cover only the current one);
 - on a protocol error: ``{"type": "error", "message": "..."}``, then a close with code
   1003 (text that is not a control message, a wrong sample rate), 1007 (a frame that is not a
   whole number of 16-bit samples), 1008 (origin not allowed, missing or wrong token),

@@ -113,7 +113,7 @@ def create_app(cfg: ServeConfig, models: Models) -> FastAPI:
     from sonus.serve import PROTOCOL
 
     asr = models.asr
-    engine = StreamEngine(asr.model, asr.tokenizer, cfg.decoding, cfg.chunk_ms, cfg.max_batch)
+    engine = StreamEngine(asr.model, asr.tokenizer, cfg.decoding, cfg.chunk_ms, cfg.max_batch, cfg.endpoint)
     decoder = Decoder(asr.model, asr.tokenizer, cfg.decoding)
     offline = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sonus-serve-http")  # one HTTP job at a time
     limits, sr = cfg.limits, engine.sample_rate
@@ -323,14 +323,15 @@ async def _receive(ws: WebSocket, engine: StreamEngine, stream: Stream, cfg: Ser
 
 
 async def _forward(ws: WebSocket, outbox: asyncio.Queue[Message]) -> None:
-    """Send the engine's messages to the client; close normally after the final one."""
+    """Send the engine's messages to the client; close normally after the last final (the one
+    that answers the client's ``end``; the endpoint rules' finals leave the stream open)."""
     while True:
         msg = await outbox.get()
         if ws.client_state != WebSocketState.CONNECTED:
             return
         try:
             await ws.send_json(msg)
-            if msg["type"] == "final":
+            if msg["type"] == "final" and not msg.get("endpoint"):
                 await ws.close(NORMAL)
                 return
             if msg["type"] == "error":

@@ -29,6 +29,37 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Endpoint:
+    """When the server ends an utterance by itself, from the transducer's alignment (the rules of
+    k2's sherpa and Kaldi's online endpointing): the segment gets its two-pass final result and
+    the stream goes on with a fresh state, so one connection can carry a whole dictation."""
+
+    enabled: bool = True
+    trailing_blank_s: float = 1.2  # after some text: this long without a new token ends the utterance
+    max_utterance_s: float = 20.0  # a segment this long ends whatever was said
+    silence_reset_s: float = 10.0  # no text at all for this long: start afresh, nothing sent (bounds memory)
+
+    def __post_init__(self) -> None:
+        for name in ("trailing_blank_s", "max_utterance_s", "silence_reset_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"endpoint.{name} must be > 0, got {getattr(self, name)!r}")
+
+
+def endpoint_reached(ep: Endpoint, tokens: list[int], frames: list[int] | None, enc_frames: int, frame_s: float) -> str | None:
+    """"final" (end the utterance), "reset" (silence only: start afresh) or None, for a segment
+    of ``enc_frames`` encoder frames whose best hypothesis emitted ``tokens`` at ``frames``."""
+    if not ep.enabled:
+        return None
+    seconds = enc_frames * frame_s
+    if tokens:
+        last = frames[-1] + 1 if frames else enc_frames  # no alignment: only the length rule applies
+        if (enc_frames - last) * frame_s >= ep.trailing_blank_s or seconds >= ep.max_utterance_s:
+            return "final"
+        return None
+    return "reset" if seconds >= ep.silence_reset_s else None
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     """Everything ``run_serve`` needs; ``from_dict`` builds it from the Hydra config."""
 
@@ -44,6 +75,7 @@ class ServeConfig:
     decoding: DecodingOptions = field(default_factory=lambda: DecodingOptions(strategy="greedy"))
     num_threads: int | None = None
     max_batch: int = 64  # streams decoded in one step at most
+    endpoint: Endpoint = field(default_factory=Endpoint)
 
     def __post_init__(self) -> None:
         if not self.checkpoint:
@@ -68,8 +100,9 @@ class ServeConfig:
         if unknown:
             raise ValueError(f"unknown serve config keys {unknown}; known: {sorted(known)}")
         limits = Limits(**(d.pop("limits", None) or {}))
+        endpoint = Endpoint(**(d.pop("endpoint", None) or {}))
         decoding = DecodingOptions(**(d.pop("decoding", None) or {"strategy": "greedy"}))
         origins = d.pop("allowed_origins", None) or ()
         if isinstance(origins, str):
             origins = (origins,)
-        return cls(limits=limits, decoding=decoding, allowed_origins=tuple(origins), **d)
+        return cls(limits=limits, endpoint=endpoint, decoding=decoding, allowed_origins=tuple(origins), **d)

@@ -29,6 +29,7 @@ import torch
 from sonus.asr.decoding import Decoder, DecodeResult, DecodingOptions
 from sonus.asr.model import TwoPassASR
 from sonus.asr.streaming import StreamingDecoder
+from sonus.serve.config import Endpoint, endpoint_reached
 from sonus.serve.rows import StreamRow, stack, unstack
 from sonus.serve.words import encoder_frame_seconds, word_timings
 from sonus.text.tokenizer import Tokenizer
@@ -53,6 +54,8 @@ class Stream:
     row: StreamRow | None = None
     waiting_since: float = 0.0  # when its oldest undecoded chunk became complete
     tail: np.ndarray | None = None  # at the end: the last samples (less than a chunk)
+    segment: int = 0  # utterances the endpoint rules ended so far
+    base_samples: int = 0  # samples of the stream before the current segment
 
 
 class StreamEngine:
@@ -65,8 +68,10 @@ class StreamEngine:
         engine.close(s)              # a client that left: drop it, nothing is sent
     """
 
-    def __init__(self, model: TwoPassASR, tokenizer: Tokenizer, options: DecodingOptions, chunk_ms: float = 160.0, max_batch: int = 64) -> None:
+    def __init__(self, model: TwoPassASR, tokenizer: Tokenizer, options: DecodingOptions, chunk_ms: float = 160.0, max_batch: int = 64,
+                 endpoint: Endpoint | None = None) -> None:  # fmt: skip
         self.sd = StreamingDecoder(model, tokenizer, options, chunk_ms)
+        self.endpoint = endpoint or Endpoint(enabled=False)
         self.model, self.tokenizer, self.max_batch = model, tokenizer, max_batch
         self.sample_rate = model.cfg.sample_rate
         self.chunk = self.sd.chunk_samples
@@ -214,32 +219,51 @@ class StreamEngine:
         for (s, _), r, row in zip(batch, partial, rows):
             s.row = row
             s.chunks += 1
-            if not s.closed:
-                s.sink({"type": "partial", "text": r.best.text, "samples": row.samples, "seq": s.chunks})
+            if s.closed:
+                continue
+            s.sink({"type": "partial", "text": r.best.text, "samples": s.base_samples + row.samples, "seq": s.chunks, "segment": s.segment})
+            best = r.nbest[0] if r.nbest else None
+            rule = endpoint_reached(self.endpoint, best.tokens if best else [], best.frames if best else None, row.enc_frames, self.frame_s)
+            if rule == "final":
+                self._send_final(s, row, endpoint=True)
+            if rule is not None:  # a new segment starts from a fresh state
+                s.segment += rule == "final"
+                s.base_samples += row.samples
+                s.row = self._fresh
+
+    def _send_final(self, s: Stream, row: StreamRow, endpoint: bool) -> None:
+        if row.samples:
+            (first,), (final,) = self.sd.finish(row.to_state())
+        else:  # no audio in this segment (an end right after connecting or after an endpoint): nothing to decode
+            first = final = DecodeResult([])
+        msg = final_message(first, final, self.tokenizer, self.frame_s, row.samples, self.sample_rate, s.base_samples)
+        s.sink(msg | {"segment": s.segment, "endpoint": endpoint})
 
     def _finish(self, s: Stream, tail: np.ndarray) -> None:
         row = s.row
         if len(tail):
             _, (row,) = self._decode([row], [tail])
-        first, final = self.sd.finish(row.to_state())
         if not s.closed:
-            s.sink(final_message(first[0], final[0], self.tokenizer, self.frame_s, row.samples, self.sample_rate))
+            self._send_final(s, row, endpoint=False)
         s.closed = True
         s.row = None
 
 
-def final_message(first: DecodeResult, final: DecodeResult, tokenizer: Tokenizer, frame_s: float, samples: int, sample_rate: int) -> Message:
-    """The final result of one utterance: best text, n-best, word timings (from the best
-    hypothesis' transducer alignment), the first pass' text."""
+def final_message(first: DecodeResult, final: DecodeResult, tokenizer: Tokenizer, frame_s: float, samples: int, sample_rate: int, offset: int = 0) -> Message:
+    """The final result of one utterance of ``samples`` that starts ``offset`` samples into the
+    stream: best text, n-best, word timings in stream time (from the best hypothesis'
+    transducer alignment), the first pass' text."""
     best = final.nbest[0] if final.nbest else None
     words = word_timings(best.tokens, best.frames, tokenizer, frame_s) if best else []
+    t0 = offset / sample_rate
     return {
         "type": "final",
         "text": best.text if best else "",
         "first_pass": first.nbest[0].text if first.nbest else "",
         "nbest": [{"text": h.text, "score": h.score, "rnnt_score": h.rnnt_score, "las_score": h.las_score} for h in final.nbest],
-        "words": [{"word": w.word, "start": w.start, "end": w.end} for w in words],
-        "samples": samples,
+        "words": [{"word": w.word, "start": round(t0 + w.start, 3), "end": round(t0 + w.end, 3)} for w in words],
+        "samples": offset + samples,
+        "start": t0,
         "duration": samples / sample_rate,
     }
 

@@ -19,7 +19,7 @@ from sonus.asr.decoding import Decoder, DecodingOptions
 from sonus.asr.model import TwoPassASR, load_checkpoint, save_model
 from sonus.audio.io import save_audio
 from sonus.serve.app import Models, create_app
-from sonus.serve.config import Limits, ServeConfig
+from sonus.serve.config import Endpoint, Limits, ServeConfig
 from sonus.text.tokenizer import CharTokenizer
 from tests.asr.test_model import small_config
 from tests.conftest import _speak
@@ -99,7 +99,7 @@ def running(cfg: ServeConfig, models: Models | None = None) -> Iterator[tuple[st
 
 def serve_config(checkpoint: Path, **kw) -> ServeConfig:
     limits = kw.pop("limits", {})
-    base = ServeConfig(checkpoint=str(checkpoint), port=free_port(), decoding=OPTIONS)
+    base = ServeConfig(checkpoint=str(checkpoint), port=free_port(), decoding=OPTIONS, endpoint=Endpoint(enabled=False))  # one utterance a stream unless a test asks
     return replace(base, limits=replace(Limits(), **limits), **kw)
 
 

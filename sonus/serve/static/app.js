@@ -87,13 +87,16 @@ function html(s) { return String(s).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "
 
 function clearResults() { $("final").textContent = ""; $("partial").textContent = ""; $("nbest").innerHTML = ""; $("words").innerHTML = ""; }
 
-function showFinal(msg) {
-  $("final").textContent = msg.text;
+/** A final result; ``before``: the finals of earlier utterances of the same stream (the server's
+ * endpointing ends utterances by itself), shown and timed together with this one. */
+function showFinal(msg, before = []) {
+  const all = [...before, msg];
+  $("final").textContent = all.map((m) => m.text).filter(Boolean).join(" ");
   $("partial").textContent = "";
   $("nbest").innerHTML = "<tr><th>n-best</th><th>score</th></tr>" +
     (msg.nbest || []).map((h) => `<tr><td>${html(h.text)}</td><td>${h.score.toFixed(2)}</td></tr>`).join("");
   $("words").innerHTML = "<tr><th>word</th><th>start</th><th>end</th></tr>" +
-    (msg.words || []).map((w) => `<tr><td>${html(w.word)}</td><td>${w.start.toFixed(2)}</td><td>${w.end.toFixed(2)}</td></tr>`).join("");
+    all.flatMap((m) => m.words || []).map((w) => `<tr><td>${html(w.word)}</td><td>${w.start.toFixed(2)}</td><td>${w.end.toFixed(2)}</td></tr>`).join("");
 }
 
 /** ``promise``, or an Error(``message``) after ``ms``. */
@@ -159,9 +162,12 @@ function onMessage(s, e) {
   let msg;
   try { msg = JSON.parse(e.data); } catch { return fail(s, `the server sent something that is not JSON: ${String(e.data).slice(0, 80)}`); }
   if (msg.type === "partial") $("partial").textContent = msg.text;
-  else if (msg.type === "final") {
+  else if (msg.type === "final" && msg.endpoint) {  // an utterance ended; the stream goes on
+    showFinal(msg, s.segments);
+    s.segments.push(msg);
+  } else if (msg.type === "final") {
     s.gotFinal = true;
-    showFinal(msg);
+    showFinal(msg, s.segments);
     status(`done: ${msg.duration.toFixed(2)} s of audio`);
     release(s);
   } else if (msg.type === "error") fail(s, `the server: ${msg.message}`);
@@ -185,7 +191,7 @@ async function record() {
   // Created and resumed here, inside the click, before any await: autoplay policies let only a
   // user gesture start audio, and a context created later may stay 'suspended'.
   const ctx = new Context({ latencyHint: "interactive" });
-  const s = (session = { ctx, pending: [], tail: [] });
+  const s = (session = { ctx, pending: [], tail: [], segments: [] });
   const resumed = ctx.resume();
 
   status("opening the microphone... (allow access if the browser asks)");

@@ -1,7 +1,7 @@
 // Drive the sonus page in headless Chromium with a fake microphone that plays a wav file, then
 // upload the same wav with the page's file form.
 //   node drive.js URL FILE.wav RECORD_MS
-//   -> prints {"final", "partials", "status", "words", "upload": {"final", "status", "words"}} as JSON
+//   -> prints {"final", "partials", "status", "words", "recorded_ms", "upload": {"final", "status", "words"}} as JSON
 // The browser's console messages and page errors go to stderr, with the page's status on failure.
 // (launch() gives Chromium a fresh temporary --user-data-dir of its own.)
 // playwright-core 1.55.x makes audioWorklet.addModule() hang forever (microsoft/playwright#37592):
@@ -52,7 +52,8 @@ async function main() {
       const watch = (id, fn) => new MutationObserver(() => fn(document.getElementById(id).textContent))
         .observe(document.getElementById(id), { childList: true, characterData: true, subtree: true });
       watch("partial", window.__partial); // every partial the page shows
-      watch("status", window.__status);
+      window.__statusTimes = []; // [page time in ms, status]: how long it really recorded, whatever the load
+      watch("status", (t) => { window.__statusTimes.push([performance.now(), t]); window.__status(t); });
     });
 
     // the microphone
@@ -64,6 +65,9 @@ async function main() {
     await page.click("#stop");
     await page.waitForFunction(() => /^(done|error)/.test(document.getElementById("status").textContent), null, { timeout: 20000 });
     const mic = await results(page);
+    const times = await page.evaluate(() => window.__statusTimes);
+    const at = (prefix) => times.find(([, t]) => t.startsWith(prefix))?.[0];
+    mic.recorded_ms = at("finishing") - at("recording"); // from the page's clock: recording to the Stop click
 
     // the same wav through the file form
     await page.setInputFiles("#file", wav);
