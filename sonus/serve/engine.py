@@ -6,8 +6,10 @@ decodes them all in one ``StreamingDecoder.step``: B streams cost about one B-ro
 step instead of B one-row steps, which is what lets a few cores keep up with many streams.
 A step starts as soon as any chunk is complete, so a chunk waits at most for the step in
 progress; when steps fall behind, chunks pile up and the next step is simply larger.
-After each step every stream gets a :class:`Partial`; at the end (:meth:`end`) the
-worker decodes the stream's last samples, runs the second pass and sends a :class:`Final`.
+After each step every stream gets a partial; at the end (:meth:`end`), or when the endpoint
+rules end an utterance, a second thread (the finals thread, one at a time, in order) decodes
+the stream's last samples, runs the second pass and sends the final, so that LAS rescoring
+never holds up the partials of the other streams.
 
 States of streams that started at different times are stacked row by row
 (:mod:`sonus.serve.rows`). Messages go to each stream's ``sink`` (called on the worker
@@ -21,6 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -82,6 +85,9 @@ class StreamEngine:
         self._ids = itertools.count(1)
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        # finals (the tail, the second pass) run on their own thread, in order, so that an
+        # utterance's LAS rescoring does not hold up everyone's partials
+        self._finals = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sonus-serve-finals")
         self._running = False
         self.steps = 0  # decoding steps taken (for tests and the load benchmark)
         self.rows_decoded = 0
@@ -149,6 +155,8 @@ class StreamEngine:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        self._finals.shutdown(wait=True, cancel_futures=False)
+        self._finals = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sonus-serve-finals")  # a restart works
 
     def _take(self) -> tuple[list[tuple[Stream, np.ndarray]], list[Stream]]:
         """Wait for work -> (streams with a whole chunk and that chunk, streams to finish)."""
@@ -193,7 +201,7 @@ class StreamEngine:
         if batch:
             self._guard([s for s, _ in batch], lambda: self._step(batch))
         for s in ending:
-            self._guard([s], lambda s=s: self._finish(s, s.tail))
+            self._finals.submit(self._guard, [s], lambda s=s: self._finish(s, s.tail))
 
     def _guard(self, streams: list[Stream], work: Callable[[], None]) -> None:
         """Run ``work``; if it fails, the streams involved get an error and are dropped, the worker goes on."""
@@ -225,19 +233,23 @@ class StreamEngine:
             best = r.nbest[0] if r.nbest else None
             rule = endpoint_reached(self.endpoint, best.tokens if best else [], best.frames if best else None, row.enc_frames, self.frame_s)
             if rule == "final":
-                self._send_final(s, row, endpoint=True)
+                self._finals.submit(self._guard, [s], lambda s=s, row=row, seg=s.segment, base=s.base_samples: self._send_final(s, row, True, seg, base))
             if rule is not None:  # a new segment starts from a fresh state
                 s.segment += rule == "final"
                 s.base_samples += row.samples
                 s.row = self._fresh
 
-    def _send_final(self, s: Stream, row: StreamRow, endpoint: bool) -> None:
+    def _send_final(self, s: Stream, row: StreamRow, endpoint: bool, segment: int | None = None, base: int | None = None) -> None:
+        """The two-pass final of ``row``, segment ``segment`` starting ``base`` samples into the
+        stream (default: the stream's current ones). Runs on the finals thread."""
+        segment = s.segment if segment is None else segment
+        base = s.base_samples if base is None else base
         if row.samples:
             (first,), (final,) = self.sd.finish(row.to_state())
         else:  # no audio in this segment (an end right after connecting or after an endpoint): nothing to decode
             first = final = DecodeResult([])
-        msg = final_message(first, final, self.tokenizer, self.frame_s, row.samples, self.sample_rate, s.base_samples)
-        s.sink(msg | {"segment": s.segment, "endpoint": endpoint})
+        msg = final_message(first, final, self.tokenizer, self.frame_s, row.samples, self.sample_rate, base)
+        s.sink(msg | {"segment": segment, "endpoint": endpoint})
 
     def _finish(self, s: Stream, tail: np.ndarray) -> None:
         row = s.row
