@@ -98,8 +98,9 @@ def _all_reduce(t: Tensor) -> Tensor:
 
 
 @dataclass
-class QuantizerOutput:
-    """quantized: (B, D, T) (straight-through); codes: (B, T); commitment, codebook: scalar losses."""
+class QuantizedResult:
+    """quantized: (B, D, T) (straight-through); codes: (B, T) from one quantizer, (B, Q', T) from
+    the Q' a residual quantizer used; commitment, codebook: scalar losses (summed over quantizers)."""
 
     quantized: Tensor
     codes: Tensor
@@ -151,7 +152,7 @@ class VectorQuantizer(nn.Module):
         b, _, t = x.shape
         return self._lookup(self.project(x))[0].view(b, t)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> QuantizerOutput:
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> QuantizedResult:
         """x (B, D, T); mask (B, T) bool: frames that take part (padding and dropped utterances do not)."""
         b, _, t = x.shape
         with torch.autocast(x.device.type, enabled=False):
@@ -170,7 +171,7 @@ class VectorQuantizer(nn.Module):
                 self._ema_update(zl.detach(), codes, m)
             q = zl + (q - zl).detach()  # straight-through: the encoder gets the gradient of q
             out = self.out_proj(q.view(b, t, -1).transpose(1, 2))
-        return QuantizerOutput(out, codes.view(b, t), commitment, codebook)
+        return QuantizedResult(out, codes.view(b, t), commitment, codebook)
 
     @torch.no_grad()
     def _kmeans_init(self, z: Tensor) -> None:
@@ -217,16 +218,6 @@ class VectorQuantizer(nn.Module):
         self.codebook[dead] = new
         self.ema_sum[dead] = new * self.cfg.dead_threshold
         self.ema_count[dead] = self.cfg.dead_threshold
-
-
-@dataclass
-class QuantizedResult:
-    """quantized: (B, D, T); codes: (B, Q', T) with Q' the quantizers used; losses are sums over them."""
-
-    quantized: Tensor
-    codes: Tensor
-    commitment: Tensor
-    codebook: Tensor
 
 
 class ResidualVectorQuantizer(nn.Module):

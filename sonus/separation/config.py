@@ -50,8 +50,8 @@ def build_dataset(d: Mapping[str, Any], split: Split, seed: int = 0, variant: st
 
 
 def _librimix(d: Mapping[str, Any], split: Split, seed: int, seg: float | None, limit: int | None) -> Dataset:
+    from sonus.data.dynamic_mix import DynamicMixDataset
     from sonus.data.librimix import (
-        DynamicMixDataset,
         MixConfig,
         keep_speakers,
         librispeech_utterances,

@@ -21,8 +21,9 @@ def test_every_sub_discriminator_gives_logits_and_features(length):
     d = Discriminators(DiscriminatorConfig(periods=(2, 3), scales=2, channels=2))
     logits, feats = d(torch.randn(3, length))
     assert len(logits) == len(feats) == 4
-    for lg, fs in zip(logits, feats, strict=True):
-        assert lg.shape[0] == 3 and lg.dim() == 2 and len(fs) == 6 or len(fs) == 8
+    for i, (lg, fs) in enumerate(zip(logits, feats, strict=True)):
+        assert lg.shape[0] == 3 and lg.dim() == 2
+        assert len(fs) == (6 if i < 2 else 8)  # period: 5 convs + post; scale: 7 convs + post
         assert all(f.shape[0] == 3 for f in fs)
 
 

@@ -15,8 +15,8 @@ import torch
 from sonus.audio.io import AudioError, load_audio, save_audio
 from sonus.audio.loudness import integrated_loudness
 from sonus.audio.room import RoomConfig
+from sonus.data.dynamic_mix import DynamicMixDataset
 from sonus.data.librimix import (
-    DynamicMixDataset,
     MixConfig,
     librispeech_utterances,
     mix_sources,

@@ -1,7 +1,7 @@
 """LibriMix-style mixtures written to disk from any LibriSpeech-layout folder.
 
 The mixing is :func:`sonus.data.librimix.mix_sources` (LibriMix's loudness and clipping
-rules), the draws those of :class:`~sonus.data.librimix.DynamicMixDataset`; this recipe
+rules), the draws those of :class:`~sonus.data.dynamic_mix.DynamicMixDataset`; this recipe
 fixes them on disk in LibriMix's layout (see :mod:`sonus.data.librimix`)::
 
     ROOT/wav8k/min/{train,dev,test}/{s1,s2,...,mix_clean[,noise,mix_both,mix_single]}/ID.wav
@@ -31,9 +31,8 @@ from tqdm.auto import tqdm
 from sonus.audio.augment import noise_files
 from sonus.audio.io import save_audio
 from sonus.audio.room import RoomConfig
+from sonus.data.dynamic_mix import Draw, DynamicMixDataset
 from sonus.data.librimix import (
-    Draw,
-    DynamicMixDataset,
     MixConfig,
     Mixture,
     MixType,

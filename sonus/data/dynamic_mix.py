@@ -1,0 +1,178 @@
+"""Dynamic mixing: LibriMix-style mixtures (:func:`sonus.data.librimix.mix_sources`) drawn on
+the fly from a pool of utterances and noise files, new ones every epoch.
+
+Shapes: C sources, T samples.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from sonus.audio import augment
+from sonus.audio.io import load_audio
+from sonus.data.librimix import (
+    MixConfig,
+    Mixture,
+    MixType,
+    keep_speakers,
+    librispeech_utterances,
+    mix_sources,
+)
+from sonus.data.manifest import Utterance, read_manifest
+from sonus.data.separation import SeparationExample
+
+
+class AudioCache:
+    """Audio read once at ``sample_rate`` and kept, least recently used dropped first,
+    up to ``max_mb`` megabytes."""
+
+    def __init__(self, sample_rate: int, max_mb: float = 1024.0) -> None:
+        self.sample_rate = sample_rate
+        self.max_bytes = int(max_mb * 2**20)
+        self._items: OrderedDict[tuple[str, float, float | None], np.ndarray] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, path: str | os.PathLike, offset: float = 0.0, duration: float | None = None) -> np.ndarray:
+        key = (str(path), offset, duration)
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        wave = load_audio(path, self.sample_rate, offset, duration).numpy()
+        if wave.nbytes <= self.max_bytes:
+            self._items[key] = wave
+            self._bytes += wave.nbytes
+            while self._bytes > self.max_bytes:
+                self._bytes -= self._items.popitem(last=False)[1].nbytes
+        return wave
+
+
+@dataclass(frozen=True)
+class Draw:
+    """What one dynamic mixture is made of: utterances of different speakers, and a noise file."""
+
+    utterances: tuple[Utterance, ...]
+    noise: Path | None
+
+    @property
+    def id(self) -> str:
+        """LibriMix's mixture name: the utterance ids joined by ``_``."""
+        return "_".join(u.id for u in self.utterances)
+
+
+class DynamicMixDataset(Dataset):
+    """Mixtures drawn on the fly (dynamic mixing): each item picks ``cfg.n_src`` utterances of
+    different speakers and a noise file and mixes them with :func:`mix_sources`.
+
+    Speakers are drawn in proportion to their number of utterances (so every utterance is
+    equally likely), then an utterance of each. Item ``index`` depends only on ``(seed,
+    epoch, index)``: :meth:`set_epoch` gives new mixtures, the same triple the same one.
+    Loaded audio (resampled once to ``cfg.sample_rate``) is cached, per DataLoader worker.
+
+    Args:
+        utterances: the pool, each with a ``speaker`` and an audio file.
+        cfg: how to mix; its ``noise`` folder supplies noise unless ``noise_files`` is given.
+        num_items: items per epoch.
+        seed: seeds the draws.
+        mixture: what ``__getitem__`` returns as ``mix``; default mix_both with noise, else mix_clean.
+        cache_mb: the audio cache's size.
+        noise_files: the noise files to draw from, instead of ``cfg.noise``'s.
+
+    Raises:
+        ValueError: an utterance lacks a speaker or audio, or fewer than ``n_src`` speakers.
+    """
+
+    def __init__(
+        self,
+        utterances: Sequence[Utterance],
+        cfg: MixConfig,
+        num_items: int,
+        *,
+        seed: int = 0,
+        mixture: MixType | None = None,
+        cache_mb: float = 1024.0,
+        noise_files: Sequence[str | os.PathLike] | None = None,
+    ) -> None:
+        if num_items < 1:
+            raise ValueError(f"DynamicMixDataset: num_items must be >= 1, got {num_items}")
+        by_speaker: dict[str, list[Utterance]] = {}
+        for u in utterances:
+            if u.speaker is None or u.audio_filepath is None:
+                raise ValueError(f"DynamicMixDataset: utterance {u.id!r} ({u.path}) needs a speaker and an audio file")
+            by_speaker.setdefault(u.speaker, []).append(u)
+        if len(by_speaker) < cfg.n_src:
+            raise ValueError(f"DynamicMixDataset: {cfg.n_src} speakers per mixture, but the utterances have "
+                             f"{len(by_speaker)}: {sorted(by_speaker)}")  # fmt: skip
+        self.speakers = sorted(by_speaker)
+        self.by_speaker = {s: sorted(by_speaker[s], key=lambda u: u.id) for s in self.speakers}
+        counts = np.array([len(self.by_speaker[s]) for s in self.speakers], dtype=np.float64)
+        self.weights = counts / counts.sum()
+        if noise_files is not None:
+            self.noise_files = [Path(p) for p in noise_files]
+        else:
+            self.noise_files = [] if cfg.noise is None else augment.noise_files(cfg.noise)
+        if mixture is not None and mixture != "mix_clean" and not self.noise_files:
+            raise ValueError(f"DynamicMixDataset: mixture {mixture!r} needs noise; set MixConfig.noise")
+        self.cfg, self.num_items, self.seed = cfg, num_items, seed
+        self.kind: MixType = mixture or ("mix_both" if self.noise_files else "mix_clean")
+        self.epoch = 0
+        self.cache = AudioCache(cfg.sample_rate, cache_mb)
+
+    @classmethod
+    def from_librispeech(cls, source: str | os.PathLike, cfg: MixConfig, num_items: int,
+                         speakers: Iterable[str] | None = None, **kwargs) -> DynamicMixDataset:  # fmt: skip
+        """From a LibriSpeech folder, keeping only ``speakers`` if given (e.g. ``speaker_split(...).train``)."""
+        return cls(keep_speakers(librispeech_utterances(source), speakers), cfg, num_items, **kwargs)
+
+    @classmethod
+    def from_manifest(cls, path: str | os.PathLike, cfg: MixConfig, num_items: int,
+                      speakers: Iterable[str] | None = None, **kwargs) -> DynamicMixDataset:  # fmt: skip
+        """From a sonus manifest whose lines give ``speaker``."""
+        return cls(keep_speakers(read_manifest(path), speakers), cfg, num_items, **kwargs)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the mixtures of ``epoch``."""
+        if epoch < 0:
+            raise ValueError(f"DynamicMixDataset: epoch must be >= 0, got {epoch}")
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_items
+
+    def _rng(self, index: int) -> np.random.Generator:
+        if index < 0:
+            raise IndexError(f"DynamicMixDataset: index {index} < 0")
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+    def _draw(self, rng: np.random.Generator) -> Draw:
+        picked = rng.choice(len(self.speakers), size=self.cfg.n_src, replace=False, p=self.weights)
+        utts = []
+        for s in picked:
+            pool = self.by_speaker[self.speakers[int(s)]]
+            utts.append(pool[int(rng.integers(len(pool)))])
+        noise = self.noise_files[int(rng.integers(len(self.noise_files)))] if self.noise_files else None
+        return Draw(tuple(utts), noise)
+
+    def draw(self, index: int) -> Draw:
+        """What item ``index`` of this epoch is made of (no audio is read)."""
+        return self._draw(self._rng(index))
+
+    def mixture(self, index: int) -> tuple[Draw, Mixture]:
+        """Item ``index`` of this epoch with all its parts (any ``index >= 0``, also past ``len``)."""
+        rng = self._rng(index)
+        draw = self._draw(rng)
+        sources = [self.cache.get(u.audio_filepath or "", u.offset, u.duration if u.offset else None) for u in draw.utterances]
+        noise = None if draw.noise is None else self.cache.get(draw.noise)
+        return draw, mix_sources(sources, noise, self.cfg, rng)
+
+    def __getitem__(self, index: int) -> SeparationExample:
+        if index >= self.num_items:
+            raise IndexError(f"DynamicMixDataset: index {index} out of range ({self.num_items} items)")
+        draw, mixture = self.mixture(index)
+        return mixture.example(draw.id, self.kind)
