@@ -1,14 +1,16 @@
-"""Streaming greedy RTF: PyTorch (sonus.asr.StreamingDecoder) vs onnxruntime (sonus.export OnnxRecognizer).
+"""Streaming RTF: PyTorch (sonus.asr.StreamingDecoder) vs onnxruntime (sonus.export OnnxRecognizer).
 
     OMP_NUM_THREADS=1 python benchmarks/onnx_rtf.py                   # exp/demo/best.ckpt, 20 LibriSpeech-mini utterances
     OMP_NUM_THREADS=1 python benchmarks/onnx_rtf.py --manifest data/synth/test.jsonl --num 50
+    OMP_NUM_THREADS=1 python benchmarks/onnx_rtf.py --strategy modified_beam --las   # two-pass: beam 4 + LAS rescoring
 
 The checkpoint is exported to a temporary folder, then every utterance is streamed in
 --chunk-ms chunks through both recognizers, one thread each, alternating PyTorch and ORT
 utterance by utterance so that load from other processes hits both alike. Timed: the whole
-stream from the waveform (front end, encoder, greedy search, up to --max-symbols labels a frame;
-with --las also the LAS score of the result at the end). RTF = compute time / audio duration.
-"Agree" counts utterances whose token ids are identical. Audio is read in place (FLAC, 16 kHz).
+stream from the waveform (front end, encoder, first pass: --strategy greedy, up to --max-symbols
+labels a frame, or modified_beam, beam --beam-size; with --las also LAS at the end: the score of
+the greedy result, or the rescoring of the n-best with w = --las-weight). RTF = compute time /
+audio duration. "Agree" counts utterances whose final best token ids are identical. Audio is read in place (FLAC, 16 kHz).
 """
 
 from __future__ import annotations
@@ -52,11 +54,12 @@ def audio_files(data: Path, manifest: str | None, num: int) -> list[Path]:
 
 
 def torch_stream(sd: StreamingDecoder, wave: torch.Tensor) -> list[int]:
+    """The final best token ids (after LAS rescoring with --las; greedy's one-best stays)."""
     state = sd.initial_state(1)
     for s in range(0, wave.shape[0], sd.chunk_samples):
         _, state = sd.step(wave[None, s : s + sd.chunk_samples], state)
-    first, _ = sd.finish(state)
-    return first[0].best.tokens
+    _, final = sd.finish(state)
+    return final[0].best.tokens
 
 
 def main() -> None:
@@ -77,20 +80,25 @@ def main() -> None:
     )
     ap.add_argument("--num", type=int, default=20)
     ap.add_argument("--chunk-ms", type=float, default=160.0)
-    ap.add_argument("--max-symbols", type=int, default=10)
+    ap.add_argument("--strategy", choices=["greedy", "modified_beam"], default="greedy", help="first pass")
+    ap.add_argument("--beam-size", type=int, default=4, help="modified_beam's beam")
+    ap.add_argument("--max-symbols", type=int, default=10, help="greedy: labels a frame at most")
+    ap.add_argument("--las-weight", type=float, default=0.5, help="w of the LAS rescoring (modified_beam --las)")
     ap.add_argument(
         "--las",
         action="store_true",
-        help="also score the result with LAS at the end (both sides)",
+        help="LAS at the end (both sides): score the greedy result, rescore the beam's n-best",
     )
     args = ap.parse_args()
 
     torch.set_num_threads(1)
     ck = load_checkpoint(args.checkpoint)
     opts = DecodingOptions(
-        strategy="greedy",
+        strategy=args.strategy,
+        beam_size=args.beam_size,
         max_symbols_per_frame=args.max_symbols,
         second_pass="rescore" if args.las else "none",
+        las_weight=args.las_weight,
     )
     sd = StreamingDecoder(ck.model, ck.tokenizer, opts, chunk_ms=args.chunk_ms)
     files = audio_files(args.data, args.manifest, args.num)
@@ -107,8 +115,9 @@ def main() -> None:
         )
         export_s = time.perf_counter() - t0
         rec = OnnxRecognizer(
-            tmp, num_threads=1, max_symbols_per_frame=args.max_symbols, las=args.las
-        )
+            tmp, num_threads=1, max_symbols_per_frame=args.max_symbols, las=args.las,
+            strategy=args.strategy, beam_size=args.beam_size, las_weight=args.las_weight,
+        )  # fmt: skip
         # warm-up: first-call set-up is not per-utterance cost
         torch_stream(sd, waves[0])
         rec.transcribe(waves[0].numpy(), sd.chunk_samples)
@@ -127,8 +136,10 @@ def main() -> None:
                 mismatches.append(f.name)
     audio_s = sum(w.shape[0] for w in waves) / ck.model.cfg.sample_rate
     rtf_pt, rtf_ort = t_pt / audio_s, t_ort / audio_s
+    search = "greedy" if args.strategy == "greedy" else f"modified beam {args.beam_size}"
+    search += f" + LAS (w={args.las_weight:g})" if args.las and args.strategy != "greedy" else " + LAS score" if args.las else ""
     title = (
-        f"{args.checkpoint}: streaming greedy, {args.chunk_ms:g} ms chunks, 1 thread, {len(waves)} utterances, "
+        f"{args.checkpoint}: streaming {search}, {args.chunk_ms:g} ms chunks, 1 thread, {len(waves)} utterances, "
         f"{audio_s:.1f} s of audio, {tokens} tokens (PyTorch); export {export_s:.1f} s"
     )
     table = Table(title=title)

@@ -33,6 +33,7 @@ class OptimConfig:
     decay: str = "noam"
     total_steps: int | None = None
     weight_decay: float = 0.0
+    budget_seconds: float | None = None  # decay="budget": the run's time budget
 
 
 @dataclass(frozen=True)
@@ -211,7 +212,7 @@ class ASRLightning(pl.LightningModule):
     def configure_optimizers(self):
         c = self.optim_cfg
         opt = torch.optim.Adam(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_decay(c.warmup_steps, c.decay, c.total_steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_decay(c.warmup_steps, c.decay, c.total_steps, budget_seconds=c.budget_seconds))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

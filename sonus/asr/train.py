@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -20,7 +21,7 @@ from sonus.asr.config import (
 )
 from sonus.asr.decoding import DecodingOptions
 from sonus.asr.lightning import ASRLightning, OptimConfig, TrainOptions
-from sonus.asr.model import TwoPassASR
+from sonus.asr.model import ASRCheckpoint, TwoPassASR, load_checkpoint
 from sonus.audio.augment import NoiseConfig, NoiseMixer
 from sonus.audio.features import GainAugmentConfig, SpecAugmentConfig
 from sonus.data.asr_dataset import (
@@ -90,9 +91,24 @@ def decoding_options_from(d: DictConfig, default_second_pass: str = "rescore") -
     )
 
 
-def _tokenizer(cfg: DictConfig, texts: list[str], out: Path) -> Tokenizer:
-    kind = cfg.model.tokenizer
+def _init_checkpoint(path: str) -> ASRCheckpoint:
+    """The model and tokenizer of ``model.init_checkpoint``; every failure names the file."""
+    try:
+        return load_checkpoint(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"model.init_checkpoint: checkpoint not found: {path}") from None
+    except Exception as e:  # a readable file that is no sonus ASR checkpoint fails in several ways
+        raise RuntimeError(f"model.init_checkpoint={path}: not a usable sonus ASR checkpoint ({type(e).__name__}: {e})") from e
+
+
+def _tokenizer(cfg: DictConfig, texts: list[str], out: Path, reuse: Tokenizer | None = None) -> Tokenizer:
+    """``reuse`` (the init checkpoint's), else the tokenizer of the run being resumed, else a new one
+    trained on ``texts``; saved in ``out`` in every case."""
+    kind = cfg.model.tokenizer if reuse is None else reuse.kind
     path = out / ("tokenizer.chars" if kind == "char" else "tokenizer.model")
+    if reuse is not None:
+        save_tokenizer(reuse, path)
+        return reuse
     if path.is_file():  # resuming: the ids must not change under the checkpoint
         log.info("using the experiment's tokenizer %s", path)
         return load_tokenizer(path)
@@ -120,9 +136,10 @@ def train(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
         train_utts = train_utts[: int(d.max_train_utterances)]
     train_texts = normalize_transcripts(train_utts, d.train_manifest, norm)
     dev_texts = normalize_transcripts(dev_utts, d.dev_manifest, norm)
-    tok = _tokenizer(cfg, train_texts, out)
+    init = _init_checkpoint(cfg.model.init_checkpoint) if cfg.model.get("init_checkpoint") else None
+    tok = _tokenizer(cfg, train_texts, out, reuse=init.tokenizer if init else None)
     speed = d.get("speed_perturb")
-    feat_in = cfg.model.get("feat_in")
+    feat_in = init.model.cfg.feat_in if init else cfg.model.get("feat_in")
     for name, utts in (("train", train_utts), ("dev", dev_utts)):
         n_feat = sum(u.feature_filepath is not None for u in utts)
         if n_feat not in (0, len(utts)) or (n_feat > 0) != (feat_in is not None):
@@ -142,8 +159,22 @@ def train(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
     log.info("train: %d utterances (%.2f h); dev: %d; vocabulary %d", len(train_utts), sum(u.duration for u in train_utts) / 3600, len(dev_utts), tok.vocab_size)
 
     model_cfg = model_config_from(cfg.model, tok.vocab_size, int(d.n_mels), int(d.sample_rate))
+    if init is not None:  # its architecture, so that its weights fit; how to train (RNN-T loss, LAS share) stays the experiment's
+        asked, c = model_cfg, init.model.cfg
+        model_cfg = replace(c, rnnt_loss=asked.rnnt_loss, las=replace(c.las, train_fraction=asked.las.train_fraction))
+        replaced = sorted(k for k, v in model_cfg.to_dict().items() if asked.to_dict()[k] != v)
+        log.info("starting from model.init_checkpoint=%s; model sizes it overrides: %s", cfg.model.init_checkpoint, replaced or "none")
+        if model_cfg.sample_rate != int(d.sample_rate):
+            raise ValueError(f"model.init_checkpoint was trained at {model_cfg.sample_rate} Hz but data.sample_rate={d.sample_rate}")
     sa, gain = cfg.model.get("specaugment"), cfg.model.get("gain_augment")
     model = TwoPassASR(model_cfg, SpecAugmentConfig(**sa) if sa else None, GainAugmentConfig(**gain) if gain else None)
+    if init is not None:  # only the pruned loss' projections can differ: new if the checkpoint was trained with the full loss
+        missing, unexpected = model.load_state_dict(init.model.state_dict(), strict=False)
+        other = [k for k in missing + unexpected if not k.startswith(("simple_am.", "simple_lm."))]
+        if other:
+            raise RuntimeError(f"model.init_checkpoint={cfg.model.init_checkpoint}: its weights do not fit its own config: {other[:5]}")
+    # Also after init_checkpoint: its CMVN stats describe its own corpus; refitted, the new corpus'
+    # features reach the encoder with the zero mean and unit variance it was trained on.
     _fit_cmvn(model, ASRDataset(train_utts, train_ds.tokens, train_texts, d.sample_rate, d.skip_bad, feat_dim=feat_in))
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: %.2fM parameters", n_params / 1e6)
@@ -162,7 +193,10 @@ def train(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
     train_dl = DataLoader(train_ds, batch_sampler=train_sampler, collate_fn=collate, num_workers=nw, persistent_workers=nw > 0)
     dev_dl = DataLoader(dev_ds, batch_sampler=dev_sampler, collate_fn=collate, num_workers=nw, persistent_workers=nw > 0)
     total = len(train_sampler) * int(t.num_epochs) // int(t.get("accumulate_grad_batches", 1))
-    optim = OptimConfig(lr=float(t.lr), warmup_steps=int(t.warmup_steps), decay=t.lr_decay, total_steps=total)
+    budget = float(t.time_budget_minutes) * 60.0 if t.get("time_budget_minutes") else None
+    if t.lr_decay == "budget" and budget is None:
+        raise ValueError("training.lr_decay=budget decays over the time budget: set training.time_budget_minutes")
+    optim = OptimConfig(lr=float(t.lr), warmup_steps=int(t.warmup_steps), decay=t.lr_decay, total_steps=total, budget_seconds=budget)
     opts = TrainOptions(
         loss_weights=dict(cfg.model.loss_weights),
         label_smoothing=float(cfg.model.label_smoothing),

@@ -31,8 +31,10 @@ def run_export(cfg: Any) -> Any:
     checkpoint, output_dir = _required(cfg, "checkpoint"), _required(cfg, "output_dir")
     from sonus.export.onnx import ExportOptions, export_onnx
 
+    # las_weight/length_bonus (``+las_weight=W``): the rescoring defaults written to metadata.json
+    optional = {k: float(cfg[k]) for k in ("las_weight", "length_bonus") if cfg.get(k) is not None}
     opts = ExportOptions(
-        opset=int(cfg.get("opset", 17)), chunk_ms=float(cfg.get("chunk_ms", 160.0))
+        opset=int(cfg.get("opset", 17)), chunk_ms=float(cfg.get("chunk_ms", 160.0)), **optional
     )
     res = export_onnx(checkpoint, output_dir, opts)
     for path in res.files:

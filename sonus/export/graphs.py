@@ -9,6 +9,8 @@ Each wrapper computes what the streaming PyTorch path computes
   ``StreamingDecoder._features`` (LogMel + GlobalCMVN), the STFT as a windowed DFT matmul;
 - :class:`LSTMEncoderGraph`: whole reduction groups of features + (h, c) -> frames + (h, c),
   i.e. ``LSTMEncoder.step`` with the leftover frames kept by the caller;
+- :class:`ConformerEncoderGraph`: whole attention chunks of features + caches -> frames + caches,
+  i.e. ``ConformerEncoder.step`` with the frames short of a chunk kept by the caller;
 - :class:`PredictorGraph`: ``Predictor.step``;
 - :class:`JoinerGraph`: encoder frames x predictor outputs -> logits, broadcasting over rows;
 - :class:`LASListenGraph` / :class:`LASStepGraph`: ``LAS.listen`` for one utterance and
@@ -16,7 +18,9 @@ Each wrapper computes what the streaming PyTorch path computes
 
 Shapes: B batch, S samples, n feature frames, F mel bins, r reduction factor, m encoder frames,
 H encoder width, L layers, N rows (hypotheses), Hp predictor width, V vocabulary, T encoder
-frames of an utterance, D listener width, A attention width, Hd LAS decoder width.
+frames of an utterance, D listener width, A attention width, Hd LAS decoder width; Conformer:
+C chunk size (encoder frames), P cached frames, Hh heads, d = H / Hh, K convolution kernel,
+c subsampling channels, F2 = ceil(F / 2).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from sonus.asr.joiner import Joiner
 from sonus.asr.las import LAS
 from sonus.asr.model import TwoPassASR
 from sonus.asr.predictor import Predictor
+from sonus.nn.conformer import CausalSubsampling, ConformerEncoder
 
 
 def frontend_context(n_fft: int, hop: int) -> int:
@@ -109,6 +114,78 @@ class LSTMEncoderGraph(nn.Module):
         x = x.reshape(B, -1, r * F) if self.reduce.kind == "stack" else x.mean(2)
         y, (h, c) = self.lstm(x, (h, c))
         return y, h, c
+
+
+class ConformerEncoderGraph(nn.Module):
+    """feats (B, 4m, F), offset () int64, k, v (L, B, Hh, P, d), conv (L, B, H, K-1)
+    [, sub1 (B, 1, 1, F), sub2 (B, c, 1, F2)] -> enc (B, m, H), offset + m, k, v, conv[, sub1, sub2].
+
+    ``ConformerEncoder.step`` for m encoder frames that fill whole chunks of C (or, at the end
+    of a stream, the last partial chunk): the caller keeps the feature frames short of a chunk.
+    ``offset`` is the encoder frames emitted so far (a multiple of C): the rotary position of
+    the first new frame and where the chunk boundaries lie. ``k``/``v`` hold every layer's
+    rotated keys and values of the P frames before ``offset``, ``conv`` every layer's last K-1
+    convolution inputs, ``sub1``/``sub2`` the subsampling convolutions' last input frames
+    (``subsampling="conv2d"`` only; ``"stack"`` keeps none).
+
+    The key/value cache is fixed or growing, as ``left_chunks`` allows:
+
+    - ``left_chunks >= 0``: P = left_chunks * C, always. At the start of a stream the cache is
+      zeros that stand for frames before the first (absolute position < 0), masked out, so the
+      scores equal those of the shorter PyTorch cache. Each call returns the last P keys.
+    - ``left_chunks = -1`` (all the past): P = offset, a dynamic axis; each call returns the
+      cache with the m new frames appended, so memory and attention cost grow with the stream
+      (as they do in PyTorch). Long streams want a finite ``model.conformer.left_chunks``.
+    """
+
+    def __init__(self, encoder: ConformerEncoder) -> None:
+        super().__init__()
+        cfg = encoder.cfg
+        if cfg.chunk_size <= 0:
+            raise ValueError(
+                f"a Conformer with full attention (model.conformer.chunk_size={cfg.chunk_size}) does not stream: "
+                "nothing to export as a chunk step; train with chunk_size > 0"
+            )
+        self.subsample, self.blocks = encoder.subsample, encoder.blocks
+        self.chunk, self.left = cfg.chunk_size, cfg.left_chunks
+        # cached frames of a fixed cache; None: it grows
+        self.cache_frames = self.left * self.chunk if self.left >= 0 else None
+        self.has_sub_state = isinstance(encoder.subsample, CausalSubsampling)
+
+    def forward(
+        self,
+        feats: torch.Tensor,
+        offset: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        conv_cache: torch.Tensor,
+        *sub: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        # (B, m, H)
+        y, sub_out = self.subsample(feats, list(sub) if self.has_sub_state else None)
+        T, P = y.shape[1], k_cache.shape[3]
+        # absolute frame of each query, and of each key: the P cached ones, then the m new ones
+        q, k = offset + torch.arange(T), offset - P + torch.arange(P + T)
+        # k < 0: a fixed cache's zeros before the stream began (clamped: ONNX integer division truncates)
+        kc = torch.div(k.clamp(min=0), self.chunk, rounding_mode="floor")
+        qc = torch.div(q, self.chunk, rounding_mode="floor")
+        ok = (k[None, :] >= 0) & (kc[None, :] <= qc[:, None])  # (m, P + m)
+        if self.left >= 0:
+            ok = ok & (kc[None, :] >= qc[:, None] - self.left)
+        mask, valid = ok[None, None], y.new_ones(1, 1, 1)  # every new frame is valid
+        ks, vs, convs = [], [], []
+        for i, blk in enumerate(self.blocks):
+            y, (kk, vv), conv = blk(
+                y, mask, q, valid, (k_cache[i], v_cache[i]), conv_cache[i]
+            )
+            if self.cache_frames is not None:
+                start = kk.shape[2] - self.cache_frames
+                kk, vv = kk[:, :, start:], vv[:, :, start:]
+            ks.append(kk)
+            vs.append(vv)
+            convs.append(conv)
+        out = (y, offset + T, torch.stack(ks), torch.stack(vs), torch.stack(convs))
+        return out + tuple(sub_out) if self.has_sub_state else out
 
 
 class PredictorGraph(nn.Module):

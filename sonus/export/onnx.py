@@ -4,16 +4,25 @@ The folder :func:`export_onnx` writes is everything :class:`~sonus.export.ort_de
 needs, without PyTorch::
 
     frontend.onnx    audio (B, context + n*hop)              -> feats (B, n, F)       log-mel + CMVN
-    encoder.onnx     feats (B, m*r, F), h_in, c_in (L, B, H) -> enc (B, m, H), h_out, c_out
+    encoder.onnx     LSTM:      feats (B, m*r, F), h_in, c_in (L, B, H) -> enc (B, m, H), h_out, c_out
+                     Conformer: feats (B, 4*m, F), offset_in, k_in, v_in, conv_in[, sub1_in, sub2_in]
+                                -> enc (B, m, H), offset_out, k_out, v_out, conv_out[, sub1_out, sub2_out]
     predictor.onnx   tokens (N,), h_in[, c_in] (Lp, N, Hp)   -> pred (N, Hp), h_out[, c_out]
     joiner.onnx      enc (N, H), pred (M, Hp)                -> logits (max(N, M), V)
     las_listen.onnx  enc (1, T, H)                           -> values (1, T, D), keys (1, T, A)
     las_step.onnx    tokens, h_in, c_in, context_in, prev_in, values, keys, mask
                                                              -> log_probs (N, V), h_out, c_out, context_out, prev_out
-    metadata.json    sizes, state shapes, ids, tokenizer, graph inputs/outputs
+    metadata.json    sizes, state shapes, ids, tokenizer, graph inputs/outputs, and ``decoding``:
+                     the LAS rescoring weight and length bonus OnnxRecognizer defaults to
     tokenizer.model  (SentencePiece) or tokenizer.chars (characters)
 
-The LAS graphs exist only for a model with LAS. Exporter: the TorchScript-based one
+The LAS graphs exist only for a model with LAS. The Conformer's encoder graph is one streaming
+chunk step (:class:`~sonus.export.graphs.ConformerEncoderGraph`): it needs
+``model.conformer.chunk_size > 0``; with a finite ``left_chunks`` its key/value cache has a fixed
+size (left_chunks * chunk_size frames), with ``left_chunks=-1`` (all the past) the cache grows by
+every call's frames (its "past" axis is dynamic; metadata ``encoder.cache`` says which).
+Every state input ``X_in`` of the encoder and predictor has its output ``X_out``; their shapes are
+in ``metadata.json`` (``state``), their dtypes in ``graphs``. Exporter: the TorchScript-based one
 (``torch.onnx.export(..., dynamo=False)``), pinned because it maps ``nn.LSTM``/``nn.GRU`` onto the
 ONNX ``LSTM``/``GRU`` operators with explicit initial states and needs no ``onnxscript``.
 
@@ -32,9 +41,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from sonus.asr.decoding import DecodingOptions
 from sonus.asr.encoder import LSTMEncoder
 from sonus.asr.model import TwoPassASR, load_checkpoint
 from sonus.export.graphs import (
+    ConformerEncoderGraph,
     FrontendGraph,
     JoinerGraph,
     LASListenGraph,
@@ -42,6 +53,7 @@ from sonus.export.graphs import (
     LSTMEncoderGraph,
     PredictorGraph,
 )
+from sonus.nn.conformer import CausalSubsampling, ConformerEncoder
 from sonus.text.tokenizer import (
     BLANK,
     EOS,
@@ -57,12 +69,17 @@ FORMAT_VERSION = 1
 @dataclass(frozen=True)
 class ExportOptions:
     """``opset``: ONNX opset of every graph; ``chunk_ms``: the default streaming chunk written
-    to the metadata (the graphs take any length)."""
+    to the metadata (the graphs take any length); ``las_weight``, ``length_bonus``: the LAS
+    rescoring defaults written to the metadata (None: see :func:`decoding_defaults`)."""
 
     opset: int = 17
     chunk_ms: float = 160.0
+    las_weight: float | None = None
+    length_bonus: float | None = None
 
     def __post_init__(self) -> None:
+        if self.las_weight is not None and not 0.0 <= self.las_weight <= 1.0:
+            raise ValueError(f"export las_weight must be in [0, 1], got {self.las_weight}")
         if not 14 <= self.opset <= 20:
             raise ValueError(
                 f"export opset must be in 14..20 (the TorchScript exporter's range), got {self.opset}"
@@ -108,29 +125,89 @@ def check_exportable(model: TwoPassASR, where: str = "model") -> None:
         raise ValueError(
             f"{where}: has no transducer (model.transducer=false, a CTC model); the ONNX export needs the RNN-T predictor and joiner"
         )
-    if not isinstance(model.encoder, LSTMEncoder):
+    if isinstance(model.encoder, ConformerEncoder):
+        if model.encoder.cfg.chunk_size <= 0:
+            raise ValueError(
+                f"{where}: its Conformer attends to the whole utterance (model.conformer.chunk_size="
+                f"{model.encoder.cfg.chunk_size}), so it has no streaming step to export; "
+                "only a chunk-wise Conformer (chunk_size > 0) exports"
+            )
+    elif not isinstance(model.encoder, LSTMEncoder):
         raise NotImplementedError(
             f"{where}: ONNX export of encoder kind {model.cfg.encoder.kind!r} is not implemented; "
-            "only model.encoder.kind='lstm' exports (its state is (h, c) plus leftover frames)"
+            "only model.encoder=lstm and model.encoder=conformer export"
         )
+
+
+def _encoder_graph(model: TwoPassASR, g: torch.Generator) -> _Graph:
+    """The encoder's streaming step, its example inputs a non-empty state (B = 1 stream)."""
+    enc, F = model.encoder, model.cfg.n_mels  # audio models only (check_exportable)
+    if isinstance(enc, LSTMEncoder):
+        r, L, H, m = enc.reduce.factor, model.cfg.encoder.layers, enc.out_dim, 3
+        return _Graph("encoder", LSTMEncoderGraph(enc), (torch.randn(1, m * r, F, generator=g), torch.zeros(L, 1, H), torch.zeros(L, 1, H)),
+                      ["feats", "h_in", "c_in"], ["enc", "h_out", "c_out"],
+                      {"feats": {0: "batch", 1: "frames"}, "enc": {0: "batch", 1: "enc_frames"},
+                       **{k: {1: "batch"} for k in ("h_in", "c_in", "h_out", "c_out")}})  # fmt: skip
+    graph, cfg = ConformerEncoderGraph(enc), enc.cfg
+    C, L, Hh, H = cfg.chunk_size, cfg.layers, cfg.heads, enc.out_dim
+    # two chunks in, after three; a growing cache holds those three
+    m, offset = 2 * C, 3 * C
+    P = graph.cache_frames if graph.cache_frames is not None else offset
+    past = {} if graph.cache_frames is not None else {3: "past"}
+    inputs = [torch.randn(1, 4 * m, F, generator=g), torch.tensor(offset),
+              torch.randn(L, 1, Hh, P, H // Hh, generator=g), torch.randn(L, 1, Hh, P, H // Hh, generator=g),
+              torch.randn(L, 1, H, cfg.conv_kernel - 1, generator=g)]  # fmt: skip
+    states = ["offset", "k", "v", "conv"]
+    dynamic = {"feats": {0: "batch", 1: "frames"}, "enc": {0: "batch", 1: "enc_frames"}}
+    dynamic |= {
+        f"{s}_{d}": {1: "batch"} | past for s in ("k", "v") for d in ("in", "out")
+    }
+    dynamic |= {f"conv_{d}": {1: "batch"} for d in ("in", "out")}
+    if isinstance(enc.subsample, CausalSubsampling):
+        c, F2 = enc.subsample.conv1.out_channels, (F + 1) // 2
+        inputs += [
+            torch.randn(1, 1, 1, F, generator=g),
+            torch.randn(1, c, 1, F2, generator=g),
+        ]
+        states += ["sub1", "sub2"]
+        dynamic |= {f"sub{i}_{d}": {0: "batch"} for i in (1, 2) for d in ("in", "out")}
+    return _Graph("encoder", graph, tuple(inputs), ["feats", *[f"{s}_in" for s in states]],
+                  ["enc", *[f"{s}_out" for s in states]], dynamic)  # fmt: skip
+
+
+def _encoder_meta(model: TwoPassASR) -> dict[str, Any]:
+    """``metadata.json``'s ``encoder``: what the recognizer needs to feed the encoder graph."""
+    enc, cfg = model.encoder, model.cfg.encoder
+    if isinstance(enc, LSTMEncoder):
+        return {
+            "kind": "lstm",
+            "reduction": cfg.reduction,
+            "layers": cfg.layers,
+            "out_dim": enc.out_dim,
+        }
+    c = enc.cfg
+    return {
+        "kind": "conformer", "out_dim": enc.out_dim, "layers": c.layers, "heads": c.heads, "conv_kernel": c.conv_kernel,
+        "subsampling": c.subsampling, "reduction": 4,  # feature frames per encoder frame
+        "chunk_size": c.chunk_size,  # encoder frames a chunk
+        "chunk_frames": 4 * c.chunk_size,  # feature frames a chunk: the unit the graph takes
+        "left_chunks": c.left_chunks, "cache": "fixed" if c.left_chunks >= 0 else "growing",
+    }  # fmt: skip
 
 
 def _graphs(model: TwoPassASR) -> list[_Graph]:
     """The graphs of ``model`` with example inputs (B = 1 stream, small sizes)."""
     cfg, enc, pred = model.cfg, model.encoder, model.predictor
     fe = FrontendGraph(model)
-    r, L, H = enc.reduce.factor, cfg.encoder.layers, enc.out_dim
-    n, m, N, T = 5, 3, 2, 7
+    H = enc.out_dim
+    n, N, T = 5, 2, 7
     g = torch.Generator().manual_seed(0)
     state_names = ["h", "c"] if cfg.predictor.kind == "lstm" else ["h"]
     pl, ph = cfg.predictor.layers, pred.out_dim
     graphs = [
         _Graph("frontend", fe, (torch.randn(1, fe.context + n * fe.hop, generator=g) * 0.1,), ["audio"], ["feats"],
                {"audio": {0: "batch", 1: "samples"}, "feats": {0: "batch", 1: "frames"}}),
-        _Graph("encoder", LSTMEncoderGraph(enc), (torch.randn(1, m * r, model.in_dim, generator=g), torch.zeros(L, 1, H), torch.zeros(L, 1, H)),
-               ["feats", "h_in", "c_in"], ["enc", "h_out", "c_out"],
-               {"feats": {0: "batch", 1: "frames"}, "enc": {0: "batch", 1: "enc_frames"},
-                **{k: {1: "batch"} for k in ("h_in", "c_in", "h_out", "c_out")}}),
+        _encoder_graph(model, g),
         _Graph("predictor", PredictorGraph(pred), (torch.tensor([BLANK, 3]), *[torch.zeros(pl, N, ph) for _ in state_names]),
                ["tokens", *[f"{s}_in" for s in state_names]], ["pred", *[f"{s}_out" for s in state_names]],
                {"tokens": {0: "rows"}, "pred": {0: "rows"}, **{f"{s}_{d}": {1: "rows"} for s in state_names for d in ("in", "out")}}),
@@ -208,6 +285,35 @@ def _io_spec(gr: _Graph) -> dict[str, Any]:
     }
 
 
+def decoding_defaults(options: ExportOptions, checkpoint: str | Path = "") -> dict[str, Any]:
+    """``metadata.json``'s ``decoding``: w and the length bonus of LAS rescoring, each from
+    ``options`` when given, else from the training run's config (``decoding`` of the
+    ``config.yaml`` that training writes beside its checkpoints), else
+    :class:`~sonus.asr.decoding.DecodingOptions`' defaults; ``from`` says which file, if any."""
+    found: dict[str, Any] = {}
+    cfg_path = Path(checkpoint).parent / "config.yaml" if checkpoint else None
+    if cfg_path is not None and cfg_path.is_file():
+        import yaml  # type: ignore[import-untyped]  # the config is saved resolved: plain YAML
+
+        try:
+            cfg = yaml.safe_load(cfg_path.read_text())
+        except (OSError, yaml.YAMLError) as e:  # a damaged run folder must not block the export
+            warnings.warn(f"{cfg_path}: cannot read it ({e}); using the default decoding options", stacklevel=2)
+            cfg = None
+        dec = cfg.get("decoding") if isinstance(cfg, dict) else None
+        found = dict(dec) if isinstance(dec, dict) else {}
+    d = DecodingOptions()
+
+    def pick(given: float | None, key: str, default: float) -> float:
+        return float(given if given is not None else found[key] if found.get(key) is not None else default)
+
+    return {
+        "las_weight": pick(options.las_weight, "las_weight", d.las_weight),
+        "length_bonus": pick(options.length_bonus, "length_bonus", d.length_bonus),
+        "from": str(cfg_path) if found else None,
+    }
+
+
 def _tokenizer_entry(tok: Tokenizer) -> tuple[dict[str, Any], str, list[str]]:
     """-> metadata entry, file name, vocabulary (id -> piece, blank/unk/eos included)."""
     if isinstance(tok, CharTokenizer):
@@ -234,7 +340,10 @@ def export_model(
     normalize: dict | None = None,
     source: str = "",
 ) -> ExportResult:
-    """Write the graphs, the tokenizer and ``metadata.json`` of ``model`` (eval mode) into ``output_dir``."""
+    """Write the graphs, the tokenizer and ``metadata.json`` of ``model`` (eval mode) into ``output_dir``.
+
+    ``source``: the checkpoint's path, recorded in the metadata; its folder's ``config.yaml``
+    (a training run's) supplies the rescoring defaults (:func:`decoding_defaults`)."""
     check_exportable(model, source or "model")
     model = model.eval()
     out = Path(output_dir)
@@ -270,11 +379,11 @@ def export_model(
         "frontend": {"n_fft": fe.n_fft, "hop_length": fe.hop_length, "n_mels": fe.n_mels, "context_samples": graphs[0].module.context},
         "chunk_ms": options.chunk_ms,
         "chunk_samples": chunk_samples,
-        "encoder": {"kind": cfg.encoder.kind, "reduction": cfg.encoder.reduction, "layers": cfg.encoder.layers, "out_dim": model.encoder.out_dim},
+        "encoder": _encoder_meta(model),
         "predictor": {"kind": cfg.predictor.kind, "layers": cfg.predictor.layers, "out_dim": model.predictor.out_dim},
         "las": None if model.las is None else {"enc_dim": model.las.enc_dim, "dec_hidden": cfg.las.dec_hidden, "attention_dim": cfg.las.attention_dim},
         "state": {
-            "encoder": {k: enc_spec[k]["shape"] for k in ("h_in", "c_in")},
+            "encoder": {k: v["shape"] for k, v in enc_spec.items() if k != "feats"},
             "predictor": {k: v["shape"] for k, v in pred_spec.items() if k != "tokens"},
         },
         "vocab_size": cfg.vocab_size,
@@ -284,6 +393,7 @@ def export_model(
         "tokenizer": tok_entry,
         "vocabulary": vocab,
         "normalize": dict(normalize or {}),
+        "decoding": decoding_defaults(options, source),
         "graphs": specs,
     }  # fmt: skip
     (out / "metadata.json").write_text(json.dumps(meta, indent=1) + "\n")

@@ -1,20 +1,23 @@
-"""Streaming greedy recognition with the exported graphs: onnxruntime and numpy only, no torch.
+"""Streaming two-pass recognition with the exported graphs: onnxruntime and numpy only, no torch.
 
 Reads a folder written by :func:`sonus.export.onnx.export_onnx` and mirrors
-:class:`~sonus.asr.streaming.StreamingDecoder` with ``strategy="greedy"``::
+:class:`~sonus.asr.streaming.StreamingDecoder` with ``strategy="greedy"`` (the default) or
+``"modified_beam"``, and LAS rescoring at the end (``second_pass="rescore"``)::
 
-    rec = OnnxRecognizer("exported/")
+    rec = OnnxRecognizer("exported/", strategy="modified_beam", beam_size=4)
     stream = rec.start()
     for chunk in chunks:                     # (S,) float32 samples at rec.sample_rate, any length
-        partial = rec.accept(stream, chunk)  # best hypothesis so far
-    result = rec.finish(stream)              # tokens, text, RNN-T score, LAS score (with LAS)
+        partial = rec.accept(stream, chunk)  # best hypothesis so far (and the n-best)
+    result = rec.finish(stream)              # n-best, rescored with LAS when the export has it
 
 The stream keeps what PyTorch's keeps: the audio the next frames still need, the normalised
-frames that do not fill a reduction group yet, the encoder's (h, c), the predictor's state and
-output, and (for LAS) the encoder frames. The greedy search is label-looping over a whole chunk
-(``sonus.asr.decoding.greedy``): one joiner call scores every remaining frame of the chunk
-against the current predictor output, the stream jumps to the first non-blank frame, emits,
-advances the predictor; at most ``max_symbols_per_frame`` labels a frame.
+frames that do not fill the encoder's unit yet (a reduction group of the LSTM, a chunk of the
+Conformer), the encoder's state (the LSTM's (h, c); the Conformer's frame offset, key/value,
+convolution and subsampling caches), the first-pass search's state (predictor states and
+hypotheses), and (for LAS) the encoder frames. The encoder kind in ``metadata.json`` picks how
+frames are grouped and how a stream ends (:class:`LSTMFeeder`, :class:`ConformerFeeder`); the
+state is whatever the encoder graph's ``X_in``/``X_out`` pairs are, created from the shapes in
+``metadata.json``. The searches and the rescorer are in :mod:`sonus.export.ort_search`.
 
 Shapes: S samples, n feature frames, F mel bins, m encoder frames, H encoder width, V vocabulary,
 N hypotheses, T encoder frames of an utterance.
@@ -30,17 +33,27 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from sonus.export.ort_search import (
+    SEARCHES,
+    LASRescorer,
+    OnnxHypothesis,
+    SearchOptions,
+    Strategy,
+    Transducer,
+)
+
 
 @dataclass
 class OnnxResult:
-    """The best hypothesis of one stream."""
+    """The best hypothesis of one stream, and its n-best list (best first)."""
 
     tokens: list[int]
     text: str
-    score: float  # RNN-T log-probability of the greedy path
-    las_score: float | None = (
-        None  # LAS teacher-forced log P(tokens, <eos>); None without LAS or mid-stream
-    )
+    score: float  # RNN-T log-probability of the best hypothesis
+    # LAS teacher-forced log P(tokens, <eos>); None without LAS or mid-stream
+    las_score: float | None = None
+    # greedy: the one hypothesis; after LAS rescoring ranked by the combined score
+    nbest: list[OnnxHypothesis] = field(default_factory=list)
 
 
 @dataclass
@@ -48,13 +61,11 @@ class OnnxStream:
     """What one stream carries from one chunk to the next."""
 
     audio: np.ndarray  # (context + leftover,) samples later frames still need
-    # (<r, F) normalised frames waiting to complete a reduction group
+    # (< unit, F) normalised frames waiting to complete the encoder's unit
     pending: np.ndarray
-    enc_state: list[np.ndarray]  # h, c: (layers, 1, H)
-    pred_state: list[np.ndarray]  # h[, c]: (layers, 1, Hp)
-    pred: np.ndarray  # (1, Hp) predictor output after the last label
-    tokens: list[int] = field(default_factory=list)
-    score: float = 0.0
+    # the encoder graph's state inputs by name: h_in, c_in; offset_in, k_in, v_in, ...
+    enc_state: dict[str, np.ndarray]
+    search: Any  # the first-pass search's state (ort_search.GreedyState, BeamState)
     enc: list[np.ndarray] = field(default_factory=list)  # (m, H) pieces, kept for LAS
 
 
@@ -102,17 +113,82 @@ class TokenDecoder:
         )
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+class EncoderFeeder:
+    """Runs ``encoder.onnx`` on whole units of ``unit`` feature frames, carrying its state.
+
+    The state is every ``X_in`` input of the graph but ``feats``; the graph returns it as ``X_out``.
+    Its zeros come from ``metadata.json``: a symbolic dim is one stream ("batch"), or, for a
+    growing cache, no frames yet ("past")."""
+
+    def __init__(self, session: ort.InferenceSession, meta: dict[str, Any]) -> None:
+        self.session = session
+        spec = meta["graphs"]["encoder"]["inputs"]
+        self.shapes = meta["state"]["encoder"]
+        self.dtypes = {k: np.dtype(spec[k]["dtype"]) for k in self.shapes}
+        self.outputs = [o.name for o in session.get_outputs()]  # enc, then X_out
+        self.unit = self.unit_frames(meta["encoder"])
+
+    def unit_frames(self, enc: dict[str, Any]) -> int:
+        raise NotImplementedError
+
+    def tail(self, pending: np.ndarray) -> np.ndarray:
+        """The frames (t, F) the end of a stream still feeds, from the (< unit) pending ones."""
+        raise NotImplementedError
+
+    def initial_state(self) -> dict[str, np.ndarray]:
+        return {
+            k: np.zeros([(0 if d == "past" else 1) if isinstance(d, str) else d for d in shape], self.dtypes[k])
+            for k, shape in self.shapes.items()
+        }  # fmt: skip
+
+    def __call__(
+        self, feats: np.ndarray, state: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """feats (n, F), n a multiple of ``unit`` (or a tail) -> encoder frames (m, H), new state."""
+        enc, *new = self.session.run(None, {"feats": feats[None]} | state)
+        names = [n.removesuffix("_out") + "_in" for n in self.outputs[1:]]
+        return enc[0], dict(zip(names, new))
+
+
+class LSTMFeeder(EncoderFeeder):
+    """Units of one reduction group; the last partial group is zero-padded, as offline."""
+
+    def unit_frames(self, enc: dict[str, Any]) -> int:
+        return int(enc["reduction"])
+
+    def tail(self, pending: np.ndarray) -> np.ndarray:
+        if pending.shape[0] == 0:
+            return pending
+        pad = np.zeros((self.unit - pending.shape[0], pending.shape[1]), pending.dtype)
+        return np.concatenate([pending, pad])
+
+
+class ConformerFeeder(EncoderFeeder):
+    """Units of one attention chunk (4 * chunk_size feature frames); at the end, the last partial
+    chunk's whole groups of 4 (the frames short of a group are dropped, as offline)."""
+
+    def unit_frames(self, enc: dict[str, Any]) -> int:
+        return int(enc["chunk_frames"])
+
+    def tail(self, pending: np.ndarray) -> np.ndarray:
+        return pending[: pending.shape[0] // 4 * 4]
+
+
+FEEDERS: dict[str, type[EncoderFeeder]] = {
+    "lstm": LSTMFeeder,
+    "conformer": ConformerFeeder,
+}
 
 
 class OnnxRecognizer:
-    """Streaming greedy RNN-T recognition (plus LAS scoring of the result) from an export folder.
+    """Streaming RNN-T recognition, plus LAS rescoring of the final n-best, from an export folder.
 
-    ``num_threads``: onnxruntime intra-op threads of every graph; ``max_symbols_per_frame`` as
-    in :class:`~sonus.asr.decoding.DecodingOptions`; ``las``: score the final hypothesis with LAS
-    (when the export has it; keeps the encoder frames of the stream)."""
+    ``num_threads``: onnxruntime intra-op threads of every graph. ``strategy``, ``beam_size``,
+    ``max_symbols_per_frame``, ``las_weight``, ``length_bonus``: as in
+    :class:`~sonus.asr.decoding.DecodingOptions` (greedy or modified_beam first pass); ``las_weight``
+    and ``length_bonus`` default to the export's ``metadata.json`` ``decoding`` (the training run's
+    decoding config), else 0.5 and 0. ``las``: rescore with LAS when the export has it (keeps the
+    encoder frames of the stream); score = (1 - w) * rnnt + w * las, as PyTorch's two-pass."""
 
     def __init__(
         self,
@@ -120,13 +196,19 @@ class OnnxRecognizer:
         num_threads: int = 1,
         max_symbols_per_frame: int = 10,
         las: bool = True,
+        strategy: Strategy = "greedy",
+        beam_size: int = 4,
+        las_weight: float | None = None,
+        length_bonus: float | None = None,
     ) -> None:
-        if max_symbols_per_frame < 1:
-            raise ValueError(
-                f"max_symbols_per_frame must be >= 1, got {max_symbols_per_frame}"
-            )
         self.folder = Path(folder)
         self.meta = meta = read_metadata(self.folder)
+        defaults = meta.get("decoding") or {}  # exports before this field: DecodingOptions' defaults
+        self.options = SearchOptions(
+            strategy, beam_size, max_symbols_per_frame,
+            float(defaults.get("las_weight", 0.5) if las_weight is None else las_weight),
+            float(defaults.get("length_bonus", 0.0) if length_bonus is None else length_bonus),
+        )  # fmt: skip
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = num_threads, 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -148,47 +230,41 @@ class OnnxRecognizer:
             fe["hop_length"],
             fe["context_samples"],
         )
-        self.n_mels, self.r = fe["n_mels"], meta["encoder"]["reduction"]
+        self.n_mels = fe["n_mels"]
+        kind = meta["encoder"]["kind"]
+        if kind not in FEEDERS:
+            raise ValueError(
+                f"{self.folder / 'metadata.json'}: encoder kind {kind!r} is not one of {sorted(FEEDERS)}"
+            )
+        self.encoder = FEEDERS[kind](self.sessions["encoder"], meta)
         self.chunk_samples, self.blank, self.eos = (
             meta["chunk_samples"],
             meta["blank_id"],
             meta["eos_id"],
         )
-        self.max_symbols = max_symbols_per_frame
-        self.pred_names = list(meta["state"]["predictor"])  # h_in[, c_in]
-        self.has_las = "las_step" in self.sessions
-
-    def _zeros(self, shape: list[int | str]) -> np.ndarray:
-        # symbolic dims: one stream
-        return np.zeros(
-            [1 if isinstance(d, str) else d for d in shape], dtype=np.float32
+        self.transducer = Transducer(
+            self.sessions["predictor"], self.sessions["joiner"], meta["state"]["predictor"], self.blank
         )
-
-    def _predict(
-        self, token: int, state: list[np.ndarray]
-    ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """One predictor step: token -> output (1, Hp), new state."""
-        feed = {"tokens": np.array([token], dtype=np.int64)} | dict(
-            zip(self.pred_names, state)
+        self.search = SEARCHES[self.options.strategy](self.options)
+        self.rescorer = (
+            LASRescorer(self.sessions["las_listen"], self.sessions["las_step"], meta["las"]["dec_hidden"], self.eos)
+            if "las_step" in self.sessions
+            else None
         )
-        out, *new = self.sessions["predictor"].run(None, feed)
-        return out, new
+        self.has_las = self.rescorer is not None
 
     def start(self) -> OnnxStream:
         """A new stream: zero history, the predictor primed with blank (start of sequence)."""
-        st = self.meta["state"]
-        pred_state = [self._zeros(st["predictor"][k]) for k in self.pred_names]
-        pred, pred_state = self._predict(self.blank, pred_state)
         return OnnxStream(
             audio=np.zeros(self.context, dtype=np.float32),
             pending=np.zeros((0, self.n_mels), dtype=np.float32),
-            enc_state=[self._zeros(st["encoder"][k]) for k in ("h_in", "c_in")],
-            pred_state=pred_state,
-            pred=pred,
+            enc_state=self.encoder.initial_state(),
+            search=self.search.start(self.transducer),
         )
 
     def accept(self, stream: OnnxStream, samples: np.ndarray) -> OnnxResult:
-        """Feed samples (S,) -> the best hypothesis so far (``stream`` is updated in place)."""
+        """Feed samples (S,) -> the best hypothesis so far and the first-pass n-best (``stream``
+        is updated in place)."""
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)
         buf = np.concatenate([stream.audio, samples])
         n = (buf.shape[0] - self.context) // self.hop
@@ -198,27 +274,24 @@ class OnnxRecognizer:
                 None, {"audio": buf[None, : self.context + n * self.hop]}
             )[0][0]
             stream.audio = buf[n * self.hop :]
-            self._encode(stream, np.concatenate([stream.pending, feats]), final=False)
+            self._encode(stream, np.concatenate([stream.pending, feats]))
         else:
             stream.audio = buf
-        return OnnxResult(
-            list(stream.tokens), self.decode_text(stream.tokens), stream.score
-        )
+        return self._result(self.search.nbest(stream.search))
 
     def finish(self, stream: OnnxStream) -> OnnxResult:
-        """End the stream: the last partial reduction group (zero-padded, as offline), then the
-        result with its LAS score. Samples that do not fill a frame are dropped, as offline."""
-        if stream.pending.shape[0]:
-            pad = np.zeros(
-                (self.r - stream.pending.shape[0], self.n_mels), dtype=np.float32
-            )
-            self._encode(stream, np.concatenate([stream.pending, pad]), final=True)
-        las = None
-        if self.has_las and stream.enc:
-            las = self.las_scores(np.concatenate(stream.enc), [stream.tokens])[0]
-        return OnnxResult(
-            list(stream.tokens), self.decode_text(stream.tokens), stream.score, las
-        )
+        """End the stream: the encoder's last partial unit (as the encoder's ``step`` with
+        ``final`` ends it), then the n-best, rescored with LAS (with LAS, and encoder frames to
+        listen to). Samples that do not fill a frame are dropped, as offline."""
+        tail = self.encoder.tail(stream.pending)
+        stream.pending = stream.pending[:0]
+        if tail.shape[0]:
+            self._run_encoder(stream, tail)
+        nbest = self.search.nbest(stream.search)
+        if self.rescorer is not None and stream.enc:
+            o = self.options
+            nbest = self.rescorer.rescore(np.concatenate(stream.enc), nbest, o.las_weight, o.length_bonus)
+        return self._result(nbest)
 
     def transcribe(
         self, wave: np.ndarray, chunk_samples: int | None = None
@@ -230,78 +303,30 @@ class OnnxRecognizer:
             self.accept(stream, wave[s : s + chunk])
         return self.finish(stream)
 
-    def _encode(self, stream: OnnxStream, feats: np.ndarray, final: bool) -> None:
-        """Run the encoder over the whole reduction groups of feats (n, F), keep the rest, search."""
-        m = feats.shape[0] // self.r
-        stream.pending = feats[m * self.r :]
-        if m == 0:
-            return
-        h, c = stream.enc_state
-        enc, h, c = self.sessions["encoder"].run(
-            None, {"feats": feats[None, : m * self.r], "h_in": h, "c_in": c}
-        )
-        stream.enc_state = [h, c]
-        if self.has_las:
-            stream.enc.append(enc[0])
-        self._greedy(stream, enc[0])
+    def _result(self, nbest: list[OnnxHypothesis]) -> OnnxResult:
+        for h in nbest:
+            h.text = self.decode_text(h.tokens)
+        best = nbest[0]
+        return OnnxResult(list(best.tokens), best.text, best.rnnt_score, best.las_score, nbest)
 
-    def _greedy(self, stream: OnnxStream, enc: np.ndarray) -> None:
-        """Label-looping greedy search over encoder frames enc (m, H), continuing ``stream``."""
-        joiner, m, t, emitted = self.sessions["joiner"], enc.shape[0], 0, 0
-        while t < m:
-            # (m - t, V)
-            lp = _log_softmax(
-                joiner.run(None, {"enc": enc[t:], "pred": stream.pred})[0]
-            )
-            best = lp.argmax(-1)
-            # frame t used up its labels: it ends with blank
-            if emitted >= self.max_symbols:
-                best[0] = self.blank
-            hits = np.flatnonzero(best != self.blank)
-            if hits.size == 0:
-                stream.score += float(lp[:, self.blank].sum())
-                return
-            i = int(hits[0])
-            label = int(best[i])
-            stream.score += float(lp[:i, self.blank].sum() + lp[i, label])
-            stream.tokens.append(label)
-            emitted = emitted + 1 if i == 0 else 1
-            t += i
-            stream.pred, stream.pred_state = self._predict(label, stream.pred_state)
+    def _encode(self, stream: OnnxStream, feats: np.ndarray) -> None:
+        """Run the encoder over the whole units of feats (n, F), keep the rest, search."""
+        n = feats.shape[0] // self.encoder.unit * self.encoder.unit
+        stream.pending = feats[n:]
+        if n:
+            self._run_encoder(stream, feats[:n])
+
+    def _run_encoder(self, stream: OnnxStream, feats: np.ndarray) -> None:
+        enc, stream.enc_state = self.encoder(feats, stream.enc_state)  # (m, H)
+        if self.has_las:
+            stream.enc.append(enc)
+        stream.search = self.search.run(self.transducer, enc, stream.search)
 
     def las_scores(self, enc: np.ndarray, hyps: list[list[int]]) -> list[float]:
         """LAS teacher-forced log P(tokens, <eos>) of each hypothesis (N,) given one utterance's
-        encoder frames enc (T, H): the listener once, then the attention decoder over the N together."""
-        if not self.has_las:
+        encoder frames enc (T, H) (:meth:`LASRescorer.scores`)."""
+        if self.rescorer is None:
             raise ValueError(
                 f"{self.folder}: the export has no LAS graphs (or las=False)"
             )
-        T, N = enc.shape[0], len(hyps)
-        values, keys = self.sessions["las_listen"].run(
-            None, {"enc": enc[None].astype(np.float32)}
-        )
-        # (N, T, D), (N, T, A)
-        values, keys = (
-            np.repeat(values, N, 0),
-            np.repeat(keys, N, 0),
-        )
-        U = max(1, max(len(h) for h in hyps))
-        inputs = np.zeros((N, U + 1), dtype=np.int64)
-        inputs[:, 0] = self.eos  # <eos> starts, as in LAS.forward
-        for k, h in enumerate(hyps):
-            inputs[k, 1 : 1 + len(h)] = h
-        hd = self.meta["las"]["dec_hidden"]
-        feed = {
-            "h_in": np.zeros((N, hd), np.float32), "c_in": np.zeros((N, hd), np.float32),
-            "context_in": np.zeros((N, values.shape[2]), np.float32), "prev_in": np.full((N, T), 1.0 / T, np.float32),
-            "values": values, "keys": keys, "mask": np.ones((N, T), dtype=bool),
-        }  # fmt: skip
-        total = np.zeros(N, dtype=np.float64)
-        for u in range(U + 1):
-            lp, feed["h_in"], feed["c_in"], feed["context_in"], feed["prev_in"] = (
-                self.sessions["las_step"].run(None, feed | {"tokens": inputs[:, u]})
-            )
-            for k, h in enumerate(hyps):
-                if u <= len(h):
-                    total[k] += lp[k, h[u] if u < len(h) else self.eos]
-        return total.tolist()
+        return self.rescorer.scores(enc, hyps)

@@ -282,4 +282,5 @@ class ConformerEncoder(nn.Module):
         if C <= 0 or L < 0:
             return kv
         keep = min(kv[0].shape[2], L * C + end % C)  # full left chunks plus the current partial one
-        return kv[0][:, :, -keep:], kv[1][:, :, -keep:]
+        start = kv[0].shape[2] - keep  # not [-keep:]: with keep = 0 that would keep everything
+        return kv[0][:, :, start:], kv[1][:, :, start:]

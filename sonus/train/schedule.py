@@ -3,28 +3,53 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from typing import Literal
 
-Decay = Literal["noam", "cosine", "exponential", "constant"]
+Decay = Literal["noam", "cosine", "exponential", "constant", "budget"]
 
 
-def warmup_decay(warmup_steps: int, decay: Decay = "noam", total_steps: int | None = None, min_ratio: float = 0.05, gamma: float = 0.9999) -> Callable[[int], float]:
+def warmup_decay(
+    warmup_steps: int,
+    decay: Decay = "noam",
+    total_steps: int | None = None,
+    min_ratio: float = 0.05,
+    gamma: float = 0.9999,
+    budget_seconds: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Callable[[int], float]:
     """step -> factor in (0, 1]: linear warmup to 1 over ``warmup_steps``, then
 
     - noam: (warmup / step) ** 0.5
     - cosine: half cosine to ``min_ratio`` at ``total_steps``
     - exponential: gamma ** (step - warmup)
     - constant: 1
+    - budget: linear in wall-clock time, from 1 at the first call to ``min_ratio`` after
+      ``budget_seconds`` (``training.time_budget_minutes``), the factor staying below the
+      warmup ramp. A run with a time budget does not know its step count in advance;
+      decaying to the end of the budget, rather than along a fixed step curve, is the
+      schedule Li et al. (2020, "Budgeted training") found best at a fixed budget. The clock
+      starts in this process: a resumed run decays over a fresh budget, as
+      :class:`~sonus.train.callbacks.TimeBudget` counts one.
     """
-    if decay not in ("noam", "cosine", "exponential", "constant"):
-        raise ValueError(f"lr decay must be noam, cosine, exponential or constant, got {decay!r}")
+    if decay not in ("noam", "cosine", "exponential", "constant", "budget"):
+        raise ValueError(f"lr decay must be noam, cosine, exponential, constant or budget, got {decay!r}")
     if decay == "cosine" and not total_steps:
         raise ValueError("cosine decay needs total_steps")
+    if decay == "budget" and not budget_seconds:
+        raise ValueError("budget decay needs a time budget (training.time_budget_minutes)")
     w = max(1, warmup_steps)
+    start: list[float] = []  # the clock at the first call (budget decay)
 
     def factor(step: int) -> float:
         s = step + 1
+        if decay == "budget":
+            now = clock()
+            if not start:
+                start.append(now)
+            p = min(1.0, (now - start[0]) / budget_seconds)
+            return min(s / w, 1.0 - (1.0 - min_ratio) * p)
         if s < w:
             return s / w
         if decay == "noam":

@@ -62,6 +62,7 @@ def build_trainer(cfg: Any, output_dir: Path, monitor: str, mode: str = "min", e
     return pl.Trainer(
         default_root_dir=str(output_dir),
         max_epochs=int(t.num_epochs),
+        max_steps=int(t.get("max_steps") or -1),
         max_time=t.get("max_time"),
         accelerator=t.get("accelerator", "auto"),
         devices=t.get("devices", 1),

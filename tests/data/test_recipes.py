@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 
 from sonus.audio.io import load_audio
+from sonus.cli import compose
 from sonus.data.manifest import Utterance, read_manifest
 from sonus.data.recipes._split import CorpusError
 from sonus.data.recipes.fsdd import DIGIT_WORDS, prepare_fsdd
@@ -100,6 +101,29 @@ def test_librispeech_dev_speakers_are_held_out(libri: Path, tmp_path: Path) -> N
         prepare_librispeech(libri / "train-clean-5", tmp_path / "c", dev_speakers=4, progress=False)
 
 
+def test_librispeech_test_speakers_are_held_out_too(libri: Path, tmp_path: Path) -> None:
+    """dev and test: whole speakers in neither training nor each other, at the paths the
+    librispeech_mini experiment reads."""
+    subset = libri / "train-clean-5"
+    out = prepare_librispeech(subset, tmp_path / "a", dev_speakers=1, test_speakers=1, seed=3, progress=False)
+    parts = {p: read_manifest(out[f"train-clean-5_{p}"]) for p in ("train", "dev", "test")}
+    speakers = {p: {u.speaker for u in utts} for p, utts in parts.items()}
+    assert [len(speakers[p]) for p in ("train", "dev", "test")] == [2, 1, 1]
+    assert speakers["train"] | speakers["dev"] | speakers["test"] == set(LS_SPEAKERS["train-clean-5"])  # 4: disjoint
+    assert sorted(u.id for utts in parts.values() for u in utts) == _ids(out["train-clean-5"])
+    dev_only = prepare_librispeech(subset, tmp_path / "b", dev_speakers=1, seed=3, progress=False)
+    assert _ids(dev_only["train-clean-5_dev"]) == [u.id for u in parts["dev"]]  # the same dev with or without a test part
+    test_only = prepare_librispeech(subset, tmp_path / "c", test_speakers=1, seed=3, progress=False)
+    assert set(test_only) == {"train-clean-5", "train-clean-5_train", "train-clean-5_test"}
+    with pytest.raises(ValueError, match="cannot hold out 4 of 4 speakers"):
+        prepare_librispeech(subset, tmp_path / "d", dev_speakers=2, test_speakers=2, progress=False)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        prepare_librispeech(subset, tmp_path / "d", test_speakers=-1, progress=False)
+
+    cfg = compose("train", ["experiment=librispeech_mini", f"data.root={tmp_path / 'a'}"])
+    assert [Path(cfg.data[f"{p}_manifest"]) for p in ("train", "dev", "test")] == [out[f"train-clean-5_{p}"] for p in ("train", "dev", "test")]
+
+
 def test_librispeech_missing_flac_is_an_error_naming_it(libri: Path, tmp_path: Path) -> None:
     missing = libri / "train-clean-5" / "26" / "101" / "26-101-0001.flac"
     missing.unlink()
@@ -139,13 +163,15 @@ def test_librispeech_wrong_layout(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not (SHARED_DATA / "librispeech-mini").is_dir(), reason="no ../shared/data/librispeech-mini")
 def test_librispeech_mini_real(tmp_path: Path) -> None:
-    out = prepare_librispeech(SHARED_DATA / "librispeech-mini", tmp_path, dev_speakers=3, progress=False)
+    out = prepare_librispeech(SHARED_DATA / "librispeech-mini", tmp_path, dev_speakers=2, test_speakers=2, progress=False)
     utts = read_manifest(out["train-clean-5"], check_files=True)
     assert len(utts) == 922 and len({u.speaker for u in utts}) == 18
     assert sum(u.duration for u in utts) / 3600 == pytest.approx(3.15, abs=0.01)
-    dev = read_manifest(out["train-clean-5_dev"])
-    assert len({u.speaker for u in dev}) == 3
-    assert len(dev) + len(read_manifest(out["train-clean-5_train"])) == 922
+    parts = {p: read_manifest(out[f"train-clean-5_{p}"]) for p in ("train", "dev", "test")}
+    speakers = {p: {u.speaker for u in utts} for p, utts in parts.items()}
+    assert [len(speakers[p]) for p in ("train", "dev", "test")] == [14, 2, 2]
+    assert len(speakers["train"] | speakers["dev"] | speakers["test"]) == 18
+    assert sum(len(utts) for utts in parts.values()) == 922
 
 
 # ----------------------------------------------------------------------- FSDD

@@ -1,8 +1,10 @@
 """A tiny exported recognizer: random weights made decisive, CMVN fitted on tone audio, saved as
-a checkpoint and exported once per module. Two variants cover the exporter's branches."""
+a checkpoint and exported once per session. Four variants cover the exporter's branches: two LSTM
+encoders, two Conformers (a fixed and a growing key/value cache)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from sonus.asr.config import (
 from sonus.asr.model import TwoPassASR, save_model
 from sonus.audio.io import load_audio
 from sonus.export.onnx import export_onnx
+from sonus.nn.conformer import ConformerConfig
 from sonus.text.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer
 
 VARIANTS = {
@@ -32,7 +35,21 @@ VARIANTS = {
     },
     # GRU predictor, pooled reduction, no LAS, SentencePiece tokenizer
     "gru_pool_sp": {"pred": "gru", "reduction_type": "pool", "las": False, "sp": True},
+    # Conformer, conv2d subsampling, one chunk of left context (a fixed cache), LAS, characters
+    "conformer_conv2d_left1_las": {
+        "conformer": {"subsampling": "conv2d", "chunk_size": 4, "left_chunks": 1},
+        "las": True,
+        "sp": False,
+    },
+    # Conformer, stacked subsampling, all the past (a growing cache), GRU predictor, SentencePiece
+    "conformer_stack_all_sp": {
+        "conformer": {"subsampling": "stack", "chunk_size": 2, "left_chunks": -1},
+        "pred": "gru",
+        "las": False,
+        "sp": True,
+    },
 }
+CONFORMER_VARIANTS = [k for k, v in VARIANTS.items() if "conformer" in v]
 
 
 @dataclass
@@ -44,14 +61,40 @@ class Exported:
     waves: list[np.ndarray]  # (S,) float32 test utterances
 
 
+def tiny_conformer(**kw) -> ConformerConfig:
+    """Two layers of width 32, no dropout; ``kw`` overrides (chunk_size, left_chunks, subsampling)."""
+    base = {
+        "d_model": 32,
+        "layers": 2,
+        "heads": 4,
+        "ff_mult": 2,
+        "conv_kernel": 5,
+        "subsampling_channels": 8,
+    }
+    return ConformerConfig(**(base | {"dropout": 0.0} | kw))
+
+
 def tiny_config(
-    vocab: int, pred: str = "lstm", reduction_type: str = "stack", las: bool = True
+    vocab: int,
+    pred: str = "lstm",
+    reduction_type: str = "stack",
+    las: bool = True,
+    conformer: dict | None = None,
 ) -> ASRModelConfig:
+    """The LSTM encoder, or with ``conformer`` (:func:`tiny_conformer`'s overrides) a Conformer."""
     return ASRModelConfig(
         vocab_size=vocab,
         n_mels=40,
         encoder=EncoderConfig(
-            hidden=32, layers=2, reduction=4, reduction_type=reduction_type
+            hidden=32,
+            layers=2,
+            reduction=4,
+            reduction_type=reduction_type,
+            **(
+                {}
+                if conformer is None
+                else {"kind": "conformer", "conformer": tiny_conformer(**conformer)}
+            ),
         ),
         predictor=PredictorConfig(
             kind=pred, hidden=24, embed=16, layers=2 if pred == "gru" else 1
@@ -86,9 +129,31 @@ def build_model(tok: Tokenizer, waves: list[np.ndarray], seed: int, **kw) -> Two
     return model
 
 
+@pytest.fixture(scope="session")
+def export_variant(tone_corpus, tmp_path_factory) -> Callable[[str], Exported]:
+    """Variant name -> its model, saved and exported (once a session)."""
+    done: dict[str, Exported] = {}
+
+    def get(name: str) -> Exported:
+        if name not in done:
+            done[name] = _export(name, tone_corpus, tmp_path_factory)
+        return done[name]
+
+    return get
+
+
 @pytest.fixture(scope="module", params=list(VARIANTS))
-def exported(request, tone_corpus, tmp_path_factory) -> Exported:
-    kw = dict(VARIANTS[request.param])
+def exported(request, export_variant) -> Exported:
+    return export_variant(request.param)
+
+
+@pytest.fixture(scope="module", params=CONFORMER_VARIANTS)
+def conformer_exported(request, export_variant) -> Exported:
+    return export_variant(request.param)
+
+
+def _export(name: str, tone_corpus, tmp_path_factory) -> Exported:
+    kw = dict(VARIANTS[name])
     sp = kw.pop("sp")
     wav_dir = tone_corpus["dev"].parent / "wavs"
     waves = [load_audio(p).numpy() for p in sorted(wav_dir.glob("dev-*.wav"))[:4]]
@@ -104,7 +169,7 @@ def exported(request, tone_corpus, tmp_path_factory) -> Exported:
         seed=1,
         **kw,
     )
-    tmp = tmp_path_factory.mktemp(request.param)
+    tmp = tmp_path_factory.mktemp(name)
     ckpt = tmp / "model.ckpt"
     save_model(ckpt, model, tok)
     folder = tmp / "onnx"

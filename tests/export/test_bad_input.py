@@ -7,13 +7,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from sonus.asr.config import EncoderConfig
 from sonus.asr.model import TwoPassASR, save_model
 from sonus.cli import compose
 from sonus.export import run_export
 from sonus.export.onnx import export_model
 from sonus.export.ort_decoder import OnnxRecognizer
-from sonus.nn.conformer import ConformerConfig
 from sonus.text.tokenizer import CharTokenizer
 
 from .conftest import tiny_config
@@ -63,18 +61,17 @@ def test_non_asr_checkpoint_names_the_file(tmp_path):
         run_export(_cfg(f"checkpoint={ckpt}", f"output_dir={tmp_path / 'out'}"))
 
 
-def test_conformer_encoder_is_refused_by_name(tmp_path):
-    cfg = tiny_config(TOK.vocab_size)
-    cfg = replace(
-        cfg,
-        encoder=EncoderConfig(
-            kind="conformer", conformer=ConformerConfig(d_model=16, layers=1, heads=2)
-        ),
-    )
+def test_full_attention_conformer_is_refused_by_name(tmp_path):
+    """A Conformer without chunks (chunk_size=0) has no streaming step: the error names the
+    checkpoint and the field, and nothing is written."""
+    cfg = tiny_config(TOK.vocab_size, conformer={"chunk_size": 0})
     ckpt = tmp_path / "conformer.ckpt"
     save_model(ckpt, TwoPassASR(cfg, specaug=None, gain=None), TOK)
-    with pytest.raises(NotImplementedError, match=r"conformer\.ckpt.*'conformer'"):
+    with pytest.raises(
+        ValueError, match=r"conformer\.ckpt.*model\.conformer\.chunk_size=0"
+    ):
         run_export(_cfg(f"checkpoint={ckpt}", f"output_dir={tmp_path / 'out'}"))
+    assert not (tmp_path / "out").exists()
 
 
 def test_ctc_model_and_feature_model_are_refused(tmp_path):

@@ -49,6 +49,8 @@ def test_frontend_graph_matches_streaming_features(exported):
 
 def test_encoder_graph_matches_step(exported):
     m, g = exported.model, torch.Generator().manual_seed(4)
+    if m.cfg.encoder.kind != "lstm":
+        pytest.skip("the Conformer's encoder graph is tested in test_onnx_conformer.py")
     L, H, r = m.cfg.encoder.layers, m.encoder.out_dim, m.cfg.encoder.reduction
     for groups in (1, 5):
         x, h, c = (
@@ -209,11 +211,12 @@ def test_metadata_describes_the_model(exported):
         m.cfg.sample_rate,
     )
     assert meta["chunk_samples"] == round(meta["chunk_ms"] * m.cfg.sample_rate / 1000)
-    assert meta["state"]["encoder"]["h_in"] == [
-        m.cfg.encoder.layers,
-        "batch",
-        m.encoder.out_dim,
-    ]
+    assert meta["encoder"]["kind"] == m.cfg.encoder.kind
+    if m.cfg.encoder.kind == "lstm":
+        assert meta["state"]["encoder"] == {
+            k: [m.cfg.encoder.layers, "batch", m.encoder.out_dim]
+            for k in ("h_in", "c_in")
+        }
     pred_states = {"lstm": ["h_in", "c_in"], "gru": ["h_in"]}[m.cfg.predictor.kind]
     assert list(meta["state"]["predictor"]) == pred_states
     assert meta["sonus_version"] and meta["opset"] == 17
@@ -227,13 +230,17 @@ def test_metadata_describes_the_model(exported):
 
 
 def test_recognizer_runs_without_torch(exported):
-    """The runtime side imports neither torch nor the PyTorch parts of sonus."""
+    """The runtime side imports neither torch nor the PyTorch parts of sonus: greedy, and modified
+    beam search with LAS rescoring (on the variants with LAS)."""
     code = (
         "import sys, numpy as np\n"
         "from sonus.export.ort_decoder import OnnxRecognizer\n"
         f"r = OnnxRecognizer({str(exported.folder)!r}).transcribe(np.zeros(8000, np.float32))\n"
+        "wave = np.random.default_rng(0).standard_normal(8000).astype(np.float32) * 0.1\n"
+        f"b = OnnxRecognizer({str(exported.folder)!r}, strategy='modified_beam').transcribe(wave)\n"
+        f"assert (b.nbest[0].las_score is not None) == {exported.model.las is not None}, b\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
-        "print(len(r.tokens))\n"
+        "print(len(r.tokens), len(b.nbest))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],

@@ -31,7 +31,7 @@ def _stream(enc: ConformerEncoder, x: torch.Tensor, pieces: list[int]) -> torch.
 
 
 @pytest.mark.parametrize("subsampling", ["conv2d", "stack"])
-@pytest.mark.parametrize("left_chunks", [-1, 1])
+@pytest.mark.parametrize("left_chunks", [-1, 0, 1])
 def test_chunked_stream_equals_offline(subsampling, left_chunks):
     enc = _encoder(subsampling, left_chunks)
     x = torch.randn(2, 203, 40)
@@ -40,6 +40,18 @@ def test_chunked_stream_equals_offline(subsampling, left_chunks):
         streamed = _stream(enc, x, [16, 7, 9, 30, 16, 1, 50])  # pieces that do not line up with chunks
     assert lengths.tolist() == [50, 50] and streamed.shape == offline.shape, (streamed.shape, offline.shape)
     torch.testing.assert_close(streamed, offline, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("left_chunks", [0, 2])
+def test_stream_cache_holds_only_what_a_later_chunk_sees(left_chunks):
+    enc, chunk = _encoder("stack", left_chunks), 4
+    x = torch.randn(1, 4 * 23, 40)  # 23 encoder frames: 5 whole chunks and 3 frames of a sixth
+    state = enc.initial_state(1, x.device, 40)
+    with torch.no_grad():
+        _, state = enc.step(x, state)  # the 5 whole chunks
+        assert state.offset == 20 and {kv[0].shape[2] for kv in state.kv} == {left_chunks * chunk}
+        _, state = enc.step(x[:, :0], state, final=True)  # and the partial one
+    assert state.offset == 23 and {kv[0].shape[2] for kv in state.kv} == {left_chunks * chunk + 3}
 
 
 def test_no_frame_sees_a_later_chunk():

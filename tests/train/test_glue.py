@@ -30,6 +30,19 @@ def test_warmup_then_decay():
         warmup_decay(10, "cosine")
     with pytest.raises(ValueError, match="lr decay"):
         warmup_decay(10, "linear")
+    with pytest.raises(ValueError, match="time budget"):
+        warmup_decay(10, "budget")
+
+
+def test_budget_decay_follows_the_clock():
+    now = [100.0]
+    f = warmup_decay(10, "budget", budget_seconds=60.0, min_ratio=0.1, clock=lambda: now[0])
+    assert f(0) == pytest.approx(0.1)  # warmup ramp; the clock starts here
+    now[0] = 130.0  # half the budget gone
+    assert f(4) == pytest.approx(0.5)  # still warming up: the ramp is lower
+    assert f(50) == pytest.approx(0.55)  # 1 - 0.9 * 0.5
+    now[0] = 200.0  # past the budget
+    assert f(51) == pytest.approx(0.1)
 
 
 def test_plots_are_png(tmp_path):

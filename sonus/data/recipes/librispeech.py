@@ -20,7 +20,7 @@ import soundfile as sf
 from tqdm.auto import tqdm
 
 from sonus.data.manifest import Utterance, write_manifest
-from sonus.data.recipes._split import CorpusError, pick_held_out, summarize
+from sonus.data.recipes._split import CorpusError, hash_rank, pick_held_out, summarize
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,7 @@ def prepare_librispeech(
     source: str | os.PathLike,
     output_dir: str | os.PathLike,
     dev_speakers: int = 0,
+    test_speakers: int = 0,
     seed: int = 42,
     skip_bad: bool = False,
     progress: bool = True,
@@ -146,6 +147,9 @@ def prepare_librispeech(
         dev_speakers: if > 0, also write ``<subset>_train.jsonl`` and ``<subset>_dev.jsonl``;
             the dev part holds this many whole speakers, chosen by ``seed``, so it
             measures generalisation to unseen voices.
+        test_speakers: likewise for ``<subset>_test.jsonl``: this many further whole
+            speakers, in neither train nor dev. The dev speakers are the same with or
+            without a test part (both come from one ranking of the speakers by ``seed``).
         seed: fixes which speakers are held out (independent of file listing order).
         skip_bad: warn about and skip inconsistent entries instead of raising.
         progress: show a progress bar while reading audio headers.
@@ -156,11 +160,12 @@ def prepare_librispeech(
     Raises:
         FileNotFoundError: ``source`` does not exist.
         CorpusError: no subset found, or a subset is inconsistent (see :func:`scan_subset`).
-        ValueError: ``dev_speakers`` is negative or not smaller than a subset's speaker count.
+        ValueError: ``dev_speakers`` or ``test_speakers`` is negative, or together they leave
+            a subset no training speaker.
     """
     output_dir = Path(output_dir)
-    if dev_speakers < 0:
-        raise ValueError(f"dev_speakers must be >= 0, got {dev_speakers}")
+    if dev_speakers < 0 or test_speakers < 0:
+        raise ValueError(f"dev_speakers and test_speakers must be >= 0, got {dev_speakers} and {test_speakers}")
     manifests: dict[str, Path] = {}
     for subset in find_subsets(source):
         utterances = scan_subset(subset, skip_bad=skip_bad, progress=progress)
@@ -168,21 +173,18 @@ def prepare_librispeech(
         manifests[name] = output_dir / f"{name}.jsonl"
         # relative=False: the flacs live outside output_dir and must stay reachable.
         write_manifest(manifests[name], utterances, relative=False)
-        if dev_speakers > 0:
-            speakers = {u.speaker for u in utterances if u.speaker is not None}
-            held_out = pick_held_out(speakers, dev_speakers, seed, what=f"speakers of {name}")
-            dev = [u for u in utterances if u.speaker in held_out]
-            train = [u for u in utterances if u.speaker not in held_out]
-            manifests[f"{name}_train"] = output_dir / f"{name}_train.jsonl"
-            manifests[f"{name}_dev"] = output_dir / f"{name}_dev.jsonl"
-            write_manifest(manifests[f"{name}_train"], train, relative=False)
-            write_manifest(manifests[f"{name}_dev"], dev, relative=False)
-            log.info(
-                "%s: dev speakers %s (%d utterances); train %d speakers (%d utterances)",
-                name,
-                summarize(sorted(held_out)),
-                len(dev),
-                len(speakers) - len(held_out),
-                len(train),
-            )
+        if dev_speakers + test_speakers == 0:
+            continue
+        speakers = {u.speaker for u in utterances if u.speaker is not None}
+        held_out = pick_held_out(speakers, dev_speakers + test_speakers, seed, what=f"speakers of {name}")
+        ranked = hash_rank(held_out, seed)  # the order pick_held_out took them in
+        parts = {"train": speakers - held_out, "dev": set(ranked[:dev_speakers]), "test": set(ranked[dev_speakers:])}
+        for part, part_speakers in parts.items():
+            if not part_speakers:
+                continue
+            part_utts = [u for u in utterances if u.speaker in part_speakers]
+            manifests[f"{name}_{part}"] = output_dir / f"{name}_{part}.jsonl"
+            write_manifest(manifests[f"{name}_{part}"], part_utts, relative=False)
+            n_spk, shown = len(part_speakers), summarize(sorted(part_speakers))
+            log.info("%s_%s: %d speakers (%s), %d utterances", name, part, n_spk, shown, len(part_utts))
     return manifests

@@ -1,0 +1,285 @@
+"""First-pass searches and LAS rescoring for :class:`~sonus.export.ort_decoder.OnnxRecognizer`,
+with onnxruntime and numpy only (no torch).
+
+Each mirrors its PyTorch counterpart in ``sonus.asr.decoding`` for one stream, with the same
+three steps, so a stream continues one state chunk by chunk::
+
+    state = search.start(transducer)
+    state = search.run(transducer, enc, state)   # once a chunk: encoder frames enc (m, H)
+    nbest = search.nbest(state)                  # best first; mid-stream, the partial result
+
+- :class:`GreedySearch` (``decoding.greedy``): label-looping over a chunk; one joiner call scores
+  every remaining frame against the current predictor output, the stream jumps to the first
+  non-blank frame, emits, advances the predictor; at most ``max_symbols`` labels a frame.
+- :class:`ModifiedBeamSearch` (``decoding.beam``; icefall's ``modified_beam_search``): K
+  hypotheses, at most one label a frame. A frame scores every hypothesis' extensions, keeps the
+  2K best candidates, merges those with the same label sequence by log-sum-exp (ranked by their
+  best candidate) and keeps the K best distinct ones.
+- :class:`LASRescorer` (``decoding.las``): the teacher-forced LAS log P(tokens, <eos>) of every
+  hypothesis, then score = (1 - w) * rnnt + w * las + length_bonus * tokens, re-ranked.
+
+Shapes: m encoder frames of a chunk, H encoder width, N rows (hypotheses), L predictor layers,
+Hp predictor width, V vocabulary, T encoder frames of an utterance, D listener width, A attention
+width, Hd LAS decoder width.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar, get_args
+
+import numpy as np
+import onnxruntime as ort
+
+Strategy = Literal["greedy", "modified_beam"]
+S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How :class:`~sonus.export.ort_decoder.OnnxRecognizer` decodes, as
+    :class:`~sonus.asr.decoding.DecodingOptions` names it: ``strategy`` the first pass (greedy:
+    up to ``max_symbols_per_frame`` labels a frame; modified_beam: beam ``beam_size``, at most
+    one); with LAS, the final n-best is rescored with w = ``las_weight`` and ``length_bonus``."""
+
+    strategy: Strategy = "greedy"
+    beam_size: int = 4
+    max_symbols_per_frame: int = 10
+    las_weight: float = 0.5
+    length_bonus: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in get_args(Strategy):
+            raise ValueError(f"strategy must be one of {get_args(Strategy)}, got {self.strategy!r}")
+        if self.beam_size < 1 or self.max_symbols_per_frame < 1:
+            raise ValueError(
+                f"beam_size and max_symbols_per_frame must be >= 1, got {self.beam_size}, {self.max_symbols_per_frame}"
+            )
+        if not 0.0 <= self.las_weight <= 1.0:
+            raise ValueError(f"las_weight must be in [0, 1], got {self.las_weight}")
+
+
+@dataclass
+class OnnxHypothesis:
+    """One entry of an n-best list. ``score`` ranks it: the RNN-T score, or after LAS rescoring
+    (1 - w) * rnnt_score + w * las_score + length_bonus * len(tokens)."""
+
+    tokens: list[int]
+    score: float
+    rnnt_score: float  # RNN-T log-probability of the search path (greedy) or of the label sequence (beam)
+    las_score: float | None = None  # LAS teacher-forced log P(tokens, <eos>); None before rescoring
+    text: str = ""
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+class Transducer:
+    """The predictor and joiner graphs, batched over N rows.
+
+    ``state_names``/``state_shapes``: the predictor's state inputs (h_in[, c_in]) and their shapes
+    from ``metadata.json`` (the symbolic dim is the rows)."""
+
+    def __init__(
+        self, predictor: ort.InferenceSession, joiner: ort.InferenceSession, state_shapes: dict[str, list[int | str]], blank: int
+    ) -> None:
+        self.predictor, self.joiner, self.blank = predictor, joiner, blank
+        self.state_names, self.state_shapes = list(state_shapes), state_shapes
+
+    def start(self, rows: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Output (N, Hp) and state of N rows that have seen only blank (start of sequence)."""
+        zeros = [np.zeros([rows if isinstance(d, str) else d for d in self.state_shapes[k]], np.float32) for k in self.state_names]
+        return self.predict(np.full(rows, self.blank, dtype=np.int64), zeros)
+
+    def predict(self, tokens: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """tokens (N,), state (L, N, Hp) each -> output (N, Hp), new state."""
+        out, *new = self.predictor.run(None, {"tokens": tokens.astype(np.int64)} | dict(zip(self.state_names, state)))
+        return out, new
+
+    def log_probs(self, enc: np.ndarray, pred: np.ndarray) -> np.ndarray:
+        """enc (m, H), pred (N, Hp), m or N being 1 -> log-probabilities (max(m, N), V) in fp32."""
+        return log_softmax(self.joiner.run(None, {"enc": enc, "pred": pred})[0])
+
+
+class OrtSearch(ABC, Generic[S]):
+    """A first-pass strategy: ``start`` a state, ``run`` it over chunks of frames, read ``nbest``."""
+
+    @abstractmethod
+    def start(self, tr: Transducer) -> S:
+        """The state before the first frame: the predictor primed with blank."""
+
+    @abstractmethod
+    def run(self, tr: Transducer, enc: np.ndarray, state: S) -> S:
+        """Continue ``state`` over encoder frames enc (m, H); ``state`` may be updated in place."""
+
+    @abstractmethod
+    def nbest(self, state: S) -> list[OnnxHypothesis]:
+        """The hypotheses so far, best first."""
+
+
+@dataclass
+class GreedyState:
+    pred: np.ndarray  # (1, Hp) predictor output after the last label
+    pred_state: list[np.ndarray]  # h[, c]: (L, 1, Hp)
+    tokens: list[int] = field(default_factory=list)
+    score: float = 0.0  # log-probability of the path taken
+
+
+class GreedySearch(OrtSearch[GreedyState]):
+    """``sonus.asr.decoding.GreedySearch`` for one stream: a frame that used up its ``max_symbols``
+    labels ends with blank, whose log-probability is charged."""
+
+    def __init__(self, max_symbols: int) -> None:
+        self.max_symbols = max_symbols
+
+    def start(self, tr: Transducer) -> GreedyState:
+        return GreedyState(*tr.start(1))
+
+    def run(self, tr: Transducer, enc: np.ndarray, state: GreedyState) -> GreedyState:
+        m, t, emitted = enc.shape[0], 0, 0
+        while t < m:
+            lp = tr.log_probs(enc[t:], state.pred)  # (m - t, V)
+            best = lp.argmax(-1)
+            if emitted >= self.max_symbols:  # frame t used up its labels: it ends with blank
+                best[0] = tr.blank
+            hits = np.flatnonzero(best != tr.blank)
+            if hits.size == 0:
+                state.score += float(lp[:, tr.blank].sum())
+                break
+            i = int(hits[0])
+            label = int(best[i])
+            state.score += float(lp[:i, tr.blank].sum() + lp[i, label])
+            state.tokens.append(label)
+            emitted = emitted + 1 if i == 0 else 1
+            t += i
+            state.pred, state.pred_state = tr.predict(np.array([label]), state.pred_state)
+        return state
+
+    def nbest(self, state: GreedyState) -> list[OnnxHypothesis]:
+        return [OnnxHypothesis(list(state.tokens), state.score, state.score)]
+
+
+@dataclass
+class BeamState:
+    """N <= K distinct hypotheses; row n of the predictor arrays belongs to ``tokens[n]``."""
+
+    tokens: list[tuple[int, ...]]
+    scores: np.ndarray  # (N,) fp32 log-probabilities of the label sequences
+    pred: np.ndarray  # (N, Hp) predictor output after each hypothesis' last label
+    pred_state: list[np.ndarray]  # (L, N, Hp) each
+
+
+class ModifiedBeamSearch(OrtSearch[BeamState]):
+    """``sonus.asr.decoding.ModifiedBeamSearch`` for one stream: beam K, at most one label a frame.
+
+    The beam holds only live hypotheses (PyTorch's batched one pads it with -inf slots, which
+    never survive a frame), so the first frames score fewer rows."""
+
+    def __init__(self, beam_size: int) -> None:
+        self.K = beam_size
+
+    def start(self, tr: Transducer) -> BeamState:
+        pred, pred_state = tr.start(1)
+        return BeamState([()], np.zeros(1, np.float32), pred, pred_state)
+
+    def run(self, tr: Transducer, enc: np.ndarray, state: BeamState) -> BeamState:
+        for t in range(enc.shape[0]):
+            state = self.frame(tr, enc[t : t + 1], state)
+        return state
+
+    def frame(self, tr: Transducer, enc_t: np.ndarray, state: BeamState) -> BeamState:
+        """One encoder frame enc_t (1, H)."""
+        lp = tr.log_probs(enc_t, state.pred)  # (N, V)
+        V = lp.shape[1]
+        cand = (state.scores[:, None] + lp).reshape(-1)  # (N * V,) fp32, as PyTorch adds them
+        idx = _top(cand, 2 * self.K)
+        # candidates with the same label sequence are one hypothesis (Graves 2012): its slot is
+        # that of its best candidate, its score the log-sum-exp of its candidates (in fp64)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i in idx.tolist():
+            src, label = divmod(i, V)
+            seq = state.tokens[src] if label == tr.blank else state.tokens[src] + (label,)
+            groups.setdefault(seq, []).append(i)
+        kept = list(groups.items())[: self.K]  # dicts keep the order of each hypothesis' best candidate
+        scores = np.array([np.logaddexp.reduce(cand[g].astype(np.float64)) for _, g in kept]).astype(np.float32)
+        best = np.array([g[0] for _, g in kept])
+        src, labels = best // V, best % V
+        pred, pred_state = state.pred[src], [s[:, src] for s in state.pred_state]  # copies
+        emit = np.flatnonzero(labels != tr.blank)
+        if emit.size:
+            out, new = tr.predict(labels[emit], [s[:, emit] for s in pred_state])
+            pred[emit] = out
+            for s, n in zip(pred_state, new):
+                s[:, emit] = n
+        return BeamState([seq for seq, _ in kept], scores, pred, pred_state)
+
+    def nbest(self, state: BeamState) -> list[OnnxHypothesis]:
+        order = np.argsort(-state.scores, kind="stable")  # PyTorch's stable descending sort
+        return [OnnxHypothesis(list(state.tokens[k]), float(state.scores[k]), float(state.scores[k])) for k in order]
+
+
+def _top(x: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the ``n`` largest values of x (1-D), largest first."""
+    if n < x.size:
+        part = np.argpartition(-x, n - 1)[:n]
+        return part[np.argsort(-x[part], kind="stable")]
+    return np.argsort(-x, kind="stable")
+
+
+SEARCHES: dict[str, Callable[[SearchOptions], OrtSearch[Any]]] = {
+    "greedy": lambda o: GreedySearch(o.max_symbols_per_frame),
+    "modified_beam": lambda o: ModifiedBeamSearch(o.beam_size),
+}
+
+
+class LASRescorer:
+    """The second pass on the ``las_listen``/``las_step`` graphs (Sainath et al. 2019,
+    "Two-Pass End-to-End Speech Recognition"), as ``sonus.asr.decoding.las`` computes it."""
+
+    def __init__(self, listen: ort.InferenceSession, step: ort.InferenceSession, dec_hidden: int, eos: int) -> None:
+        self.listen, self.step, self.dec_hidden, self.eos = listen, step, dec_hidden, eos
+
+    def scores(self, enc: np.ndarray, hyps: list[list[int]]) -> list[float]:
+        """LAS teacher-forced log P(tokens, <eos>) of each hypothesis (N,), unnormalised (a sum over
+        tokens and <eos>), given one utterance's encoder frames enc (T, H): the listener once,
+        then the attention decoder over the N together."""
+        T, N = enc.shape[0], len(hyps)
+        values, keys = self.listen.run(None, {"enc": enc[None].astype(np.float32)})  # (1, T, D), (1, T, A)
+        values, keys = np.repeat(values, N, 0), np.repeat(keys, N, 0)  # (N, T, D), (N, T, A)
+        U = max(1, max(len(h) for h in hyps))
+        inputs = np.zeros((N, U + 1), dtype=np.int64)
+        inputs[:, 0] = self.eos  # <eos> starts, as in LAS.forward
+        targets = np.full((N, U + 1), -1, dtype=np.int64)  # each hypothesis, then <eos>, then -1
+        for k, h in enumerate(hyps):
+            inputs[k, 1 : 1 + len(h)] = h
+            targets[k, : len(h)] = h
+            targets[k, len(h)] = self.eos
+        feed = {
+            "h_in": np.zeros((N, self.dec_hidden), np.float32), "c_in": np.zeros((N, self.dec_hidden), np.float32),
+            "context_in": np.zeros((N, values.shape[2]), np.float32), "prev_in": np.full((N, T), 1.0 / T, np.float32),
+            "values": values, "keys": keys, "mask": np.ones((N, T), dtype=bool),
+        }  # fmt: skip
+        total, rows = np.zeros(N, dtype=np.float64), np.arange(N)
+        for u in range(U + 1):
+            lp, feed["h_in"], feed["c_in"], feed["context_in"], feed["prev_in"] = self.step.run(
+                None, feed | {"tokens": inputs[:, u]}
+            )
+            valid = targets[:, u] >= 0
+            total[valid] += lp[rows[valid], targets[valid, u]]
+        return total.tolist()
+
+    def rescore(self, enc: np.ndarray, nbest: list[OnnxHypothesis], las_weight: float, length_bonus: float = 0.0) -> list[OnnxHypothesis]:
+        """The n-best of one utterance (encoder frames enc (T, H)) with LAS scores, re-ranked by
+        (1 - w) * rnnt + w * las + length_bonus * tokens (``decoding.las.combine``)."""
+        if not nbest:
+            return []
+        out = []
+        for h, las in zip(nbest, self.scores(enc, [h.tokens for h in nbest])):
+            score = (1.0 - las_weight) * h.rnnt_score + las_weight * las + length_bonus * len(h.tokens)
+            out.append(OnnxHypothesis(h.tokens, score, h.rnnt_score, las, h.text))
+        out.sort(key=lambda h: -h.score)
+        return out
