@@ -35,7 +35,7 @@ from sonus.asr.joiner import Joiner
 from sonus.asr.las import LAS
 from sonus.asr.model import TwoPassASR
 from sonus.asr.predictor import Predictor
-from sonus.nn.conformer import CausalSubsampling, ConformerEncoder
+from sonus.nn.conformer import CausalSubsampling, ConformerEncoder, chunk_mask
 
 
 def frontend_context(n_fft: int, hop: int) -> int:
@@ -164,15 +164,9 @@ class ConformerEncoderGraph(nn.Module):
         # (B, m, H)
         y, sub_out = self.subsample(feats, list(sub) if self.has_sub_state else None)
         T, P = y.shape[1], k_cache.shape[3]
-        # absolute frame of each query, and of each key: the P cached ones, then the m new ones
-        q, k = offset + torch.arange(T), offset - P + torch.arange(P + T)
-        # k < 0: a fixed cache's zeros before the stream began (clamped: ONNX integer division truncates)
-        kc = torch.div(k.clamp(min=0), self.chunk, rounding_mode="floor")
-        qc = torch.div(q, self.chunk, rounding_mode="floor")
-        ok = (k[None, :] >= 0) & (kc[None, :] <= qc[:, None])  # (m, P + m)
-        if self.left >= 0:
-            ok = ok & (kc[None, :] >= qc[:, None] - self.left)
-        mask, valid = ok[None, None], y.new_ones(1, 1, 1)  # every new frame is valid
+        q = offset + torch.arange(T)  # absolute frame of each query: the rotary positions
+        mask = chunk_mask(T, torch.full((1,), T), self.chunk, self.left, offset, P)  # (1, 1, m, P + m)
+        valid = y.new_ones(1, 1, 1)  # every new frame is valid
         ks, vs, convs = [], [], []
         for i, blk in enumerate(self.blocks):
             y, (kk, vv), conv = blk(

@@ -107,22 +107,25 @@ def rotary(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
-def chunk_mask(T: int, lengths: torch.Tensor, chunk: int, left_chunks: int, offset: int = 0, past: int = 0) -> torch.Tensor:
+def chunk_mask(T: int, lengths: torch.Tensor, chunk: int, left_chunks: int, offset: int | torch.Tensor = 0, past: int = 0) -> torch.Tensor:
     """(B, 1, T, past + T) bool: query i (absolute frame offset + i) may see key j.
 
     Keys are the ``past`` cached frames followed by the T new ones; a key is visible when
-    it is valid (within ``lengths``, counted over the new frames), not in a later chunk, and
-    at most ``left_chunks`` chunks back."""
-    q = torch.arange(offset, offset + T, device=lengths.device)
-    k = torch.arange(offset - past, offset + T, device=lengths.device)
+    it is valid (within ``lengths``, counted over the new frames; a cached frame at an
+    absolute position < 0 is the zero padding of a fixed-size cache, never valid), not in a
+    later chunk, and at most ``left_chunks`` chunks back. ``offset`` may be a 0-d tensor (the
+    exported streaming graph takes it as an input)."""
+    q = offset + torch.arange(T, device=lengths.device)
+    k = offset - past + torch.arange(past + T, device=lengths.device)
     if chunk > 0:
-        qc, kc = torch.div(q, chunk, rounding_mode="floor"), torch.div(k, chunk, rounding_mode="floor")
+        # clamped: ONNX integer division truncates towards zero; keys < 0 are invalid anyway
+        qc, kc = torch.div(q, chunk, rounding_mode="floor"), torch.div(k.clamp(min=0), chunk, rounding_mode="floor")
         ok = kc[None, :] <= qc[:, None]
         if left_chunks >= 0:
-            ok &= kc[None, :] >= qc[:, None] - left_chunks
+            ok = ok & (kc[None, :] >= qc[:, None] - left_chunks)  # not &=: ONNX has no in-place and
     else:
         ok = torch.ones(T, past + T, dtype=torch.bool, device=lengths.device)
-    valid = (k[None, :] - offset) < lengths[:, None]  # (B, past+T): cached keys are always valid
+    valid = ((k[None, :] - offset) < lengths[:, None]) & (k[None, :] >= 0)  # (B, past+T): cached keys are valid
     return (ok[None] & valid[:, None, :])[:, None]
 
 

@@ -35,8 +35,8 @@ def _close(got: np.ndarray, want: torch.Tensor, what: str) -> None:
 
 def _check_encoder_graph(model: TwoPassASR, folder: Path) -> None:
     """Two streams of random features through ``ConformerEncoder.step`` and through
-    ``encoder.onnx``, fed as OnnxRecognizer feeds it: whole chunks (one, then two at once, then
-    one), then the end of the stream (a partial chunk and < 4 frames PyTorch drops). Every
+    ``encoder.onnx``, fed as OnnxRecognizer feeds it: whole chunks (one, then three at once,
+    more than the export's example input, then one), then the end of the stream (a partial chunk and < 4 frames PyTorch drops). Every
     output and every cache after every call must agree."""
     enc, cfg = model.encoder, model.encoder.cfg
     unit, F = 4 * cfg.chunk_size, model.in_dim
@@ -59,9 +59,9 @@ def _check_encoder_graph(model: TwoPassASR, folder: Path) -> None:
     tail = (
         unit - 4 + 2 if cfg.chunk_size > 1 else 2
     )  # a partial chunk (if C > 1) and 2 frames dropped
-    x = torch.randn(2, 4 * unit + tail, F, generator=g)
-    calls = [(0, unit), (unit, 3 * unit), (3 * unit, 4 * unit)]
-    for i, (a, b) in enumerate(calls + [(4 * unit, x.shape[1])]):
+    x = torch.randn(2, 5 * unit + tail, F, generator=g)
+    calls = [(0, unit), (unit, 4 * unit), (4 * unit, 5 * unit)]
+    for i, (a, b) in enumerate(calls + [(5 * unit, x.shape[1])]):
         final = i == len(calls)
         with torch.no_grad():
             want, st = enc.step(x[:, a:b], st, final=final)
