@@ -3,12 +3,13 @@
     python benchmarks/asr_compare.py --corpus fsdd --minutes 2          # ../shared/data/fsdd, speaker theo held out
     python benchmarks/asr_compare.py --corpus synth --minutes 10        # data/synth (make demo prepares it)
     python benchmarks/asr_compare.py --corpus fsdd --systems ctc,lstm_rnnt
+    python benchmarks/asr_compare.py --corpus fsdd --systems conformer_rnnt model.dropout=0   # extra overrides, every system
 
 Systems, all from the corpus' experiment config (`fsdd_digits` or `demo`) with one change each:
     lstm_rnnt       the unidirectional LSTM encoder, RNN-T only (no LAS)
     conformer_rnnt  the chunk-wise streaming Conformer encoder, RNN-T only
     ctc             the LSTM encoder with a CTC head only (no predictor, joiner or LAS)
-    two_pass        the LSTM encoder, RNN-T + LAS trained jointly, LAS rescoring
+    two_pass        the experiment as it is (fsdd_digits: LSTM; demo: Conformer), RNN-T + LAS, LAS rescoring
 
 Each trains for --minutes (``training.time_budget_minutes``; ``max_time`` a minute later as a
 hard stop) in its own process, then decodes the test set (beam 4; CTC: prefix beam 4). The
@@ -25,12 +26,12 @@ import tempfile
 from pathlib import Path
 
 SYSTEMS = {
-    "lstm_rnnt": ["model.las.enabled=false", "model.loss_weights.las=0", "model.loss_weights.ctc=0"],
+    "lstm_rnnt": ["model.encoder=lstm", "model.las.enabled=false", "model.loss_weights.las=0", "model.loss_weights.ctc=0"],
     "conformer_rnnt": [
         "model.encoder=conformer", "model.conformer.d_model=144", "model.conformer.layers=6", "model.conformer.subsampling=stack",
         "model.las.enabled=false", "model.loss_weights.las=0", "model.loss_weights.ctc=0",
     ],
-    "ctc": ["model.loss_weights.rnnt=0", "model.loss_weights.ctc=1", "model.las.enabled=false", "model.loss_weights.las=0",
+    "ctc": ["model.encoder=lstm", "model.loss_weights.rnnt=0", "model.loss_weights.ctc=1", "model.las.enabled=false", "model.loss_weights.las=0",
             "decoding.strategy=ctc_greedy"],
     "two_pass": [],
 }  # fmt: skip
@@ -51,6 +52,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=2.0, help="training budget per system")
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--out", default=None, help="experiment folders (default: a temporary folder)")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides added to every system's training command")
     a = ap.parse_args()
     systems = [s for s in a.systems.split(",") if s]
     if bad := set(systems) - set(SYSTEMS):
@@ -72,7 +74,7 @@ def main() -> None:
         exp = out / name
         print(f"{name}: training {a.minutes:g} min ...", file=sys.stderr, flush=True)
         _run([sonus, "train", f"experiment={EXPERIMENT[a.corpus]}", f"data.root={data}", f"training.output_dir={exp}",
-              *budget, *SYSTEMS[name]], exp.with_suffix(".train.log"))  # fmt: skip
+              *budget, *SYSTEMS[name], *a.overrides], exp.with_suffix(".train.log"))  # fmt: skip
         ctc = name == "ctc"
         mode = "two_pass" if name == "two_pass" else "rnnt"
         dec = [sonus, "decode", mode, f"model.checkpoint={exp / 'best.ckpt'}", f"data.test_manifest={data / 'test.jsonl'}",

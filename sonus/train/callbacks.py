@@ -8,29 +8,43 @@ import lightning.pytorch as pl
 
 
 class TimeBudget(pl.Callback):
-    """Stop after a validation when the next training + validation round would overrun ``minutes``.
+    """Stop when ``minutes`` are spent, ending with a validation inside the budget.
 
-    Unlike ``Trainer(max_time=...)``, which stops mid-round, the run ends right after a
-    validation, so the best checkpoint reflects all the training that was done. The next
-    round is expected to last as long as the last one: the first round also holds the
-    start-up (workers, the sanity check) and can take twice as long as the others, so
-    planning with the longest round would leave minutes of the budget unused.
+    After each training step the run stops if one more step and a validation would no
+    longer fit; Lightning then validates at once (``trainer.should_stop`` mid-epoch triggers
+    a validation), so the best checkpoint reflects all the training that was done and no
+    part of the budget is left unused waiting for the next scheduled validation. Unlike
+    ``Trainer(max_time=...)``, which stops without validating, nothing trained is lost.
+    A validation is assumed to last as long as the last one. In an epoch that does not
+    validate (``check_val_every_n_epoch`` > 1) the run stops at the budget itself.
     """
 
     def __init__(self, minutes: float) -> None:
         self.budget = minutes * 60.0
         self.start = self.last = 0.0
-        self.round = 0.0  # seconds of the last round: training since the previous validation + this one
+        self.val_seconds = 0.0  # the last validation's duration
+        self._val_start: float | None = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self.start = self.last = time.monotonic()
 
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._val_start = None if trainer.sanity_checking else time.monotonic()
+
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or self._val_start is None:
             return
+        self.last = time.monotonic()
+        self.val_seconds = self.last - self._val_start
+        if self.last - self.start >= self.budget:
+            trainer.should_stop = True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now = time.monotonic()
-        self.round, self.last = now - self.last, now
-        if now - self.start + self.round > self.budget:
+        step, self.last = now - self.last, now
+        every = getattr(trainer, "check_val_every_n_epoch", 1)
+        validates = every is None or (trainer.current_epoch + 1) % every == 0
+        if now - self.start + step + (self.val_seconds if validates else 0.0) > self.budget:
             trainer.should_stop = True
 
 
@@ -45,4 +59,4 @@ class SaveLast(pl.Callback):
         self.path = path
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full state: last.ckpt is for resuming

@@ -46,3 +46,19 @@ def test_ranks_get_disjoint_equal_shares():
 def test_too_long_utterance_is_reported():
     with pytest.raises(ValueError, match="longer than max_duration"):
         DurationBucketSampler([1.0, 50.0], max_duration=30.0)
+
+
+def test_sorted_epochs_go_short_to_long_then_shuffle():
+    d = _durations()
+    rank = {i: r for r, i in enumerate(sorted(range(len(d)), key=lambda i: d[i]))}
+
+    def bucket(batch):  # 500 utterances in 10 buckets of 50
+        return rank[batch[0]] // 50
+
+    s = DurationBucketSampler(d, max_duration=30.0, seed=2, sorted_epochs=1)
+    order = [bucket(b) for b in s]
+    assert order == sorted(order) and len(set(order)) == 10  # epoch 0: bucket by bucket, shortest first
+    assert sorted(i for b in s for i in b) == list(range(len(d)))
+    s.set_epoch(1)
+    order = [bucket(b) for b in s]
+    assert order != sorted(order)  # then shuffled as usual

@@ -71,18 +71,41 @@ def test_atomic_checkpoint_round_trip_weights_only(tmp_path):
         io.load_checkpoint(tmp_path / "nope.ckpt")
 
 
-def test_time_budget_stops_before_overrun(monkeypatch):
-    clock = iter([0.0, 100.0, 150.0, 200.0])
-    monkeypatch.setattr("sonus.train.callbacks.time.monotonic", lambda: next(clock))
-    cb = TimeBudget(minutes=4)
-    trainer = SimpleNamespace(sanity_checking=False, should_stop=False)
+def test_time_budget_stops_so_that_the_last_validation_fits(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr("sonus.train.callbacks.time.monotonic", lambda: now[0])
+    cb = TimeBudget(minutes=2)  # 120 s
+    trainer = SimpleNamespace(sanity_checking=False, should_stop=False, check_val_every_n_epoch=1, current_epoch=0)
     cb.on_fit_start(trainer, None)
-    cb.on_validation_end(trainer, None)  # t=100: a slow first round (start-up); 100 + 100 < 240, go on
-    assert not trainer.should_stop
-    cb.on_validation_end(trainer, None)  # t=150: rounds take 50 s now; 150 + 50 < 240, go on
-    assert not trainer.should_stop  # (planning with the longest round, 150 + 100 > 240, would stop here)
-    cb.on_validation_end(trainer, None)  # t=200: 200 + 50 > 240, stop now
-    assert trainer.should_stop
+
+    def steps(n, seconds=1.0):
+        for _ in range(n):
+            now[0] += seconds
+            cb.on_train_batch_end(trainer, None, None, None, 0)
+            if trainer.should_stop:
+                return
+
+    steps(50)  # t = 50
+    cb.on_validation_start(trainer, None)
+    now[0] += 20.0  # a validation takes 20 s
+    cb.on_validation_end(trainer, None)  # t = 70
+    assert not trainer.should_stop and cb.val_seconds == 20.0
+    now[0] += 1.0  # the first step after a validation is timed from its end
+    steps(100)
+    assert trainer.should_stop and now[0] == 100.0  # a 20 s validation now ends at 120; one more 1 s step would overrun
+
+
+def test_time_budget_in_an_epoch_without_validation_stops_at_the_budget(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr("sonus.train.callbacks.time.monotonic", lambda: now[0])
+    cb = TimeBudget(minutes=1)
+    trainer = SimpleNamespace(sanity_checking=False, should_stop=False, check_val_every_n_epoch=2, current_epoch=0)
+    cb.on_fit_start(trainer, None)
+    cb.val_seconds = 30.0
+    while not trainer.should_stop:
+        now[0] += 2.0
+        cb.on_train_batch_end(trainer, None, None, None, 0)
+    assert now[0] == 60.0  # epoch 0 does not validate: no time kept for one, another step would overrun
 
 
 def test_speed_perturb_changes_length_and_pitch():
