@@ -13,7 +13,7 @@ Nothing of a test speaker or a test noise is seen in training.
 
 Each model trains in its own ``sonus train`` process with the CPU-sized overrides in MODELS
 for --minutes of wall-clock time on --threads threads (``training.time_budget_minutes``:
-stops after the validation that would overrun; ``max_time`` is a hard stop one minute
+stops when one more step and a validation would overrun, then validates; ``max_time`` is a hard stop one minute
 later; bf16 autocast, which is 1.15-1.4x faster on this CPU; validation every 200 steps), then ``sonus evaluate separation`` scores the best checkpoint (by dev SI-SDR) on
 the test set: SI-SDRi (PIT) and, with --full-metrics, SDRi, PESQ-nb and STOI. RTF: one
 thread, a 10 s mixture, median of 3 runs (after a warm-up), forward only.
