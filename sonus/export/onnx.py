@@ -154,7 +154,7 @@ def _encoder_graph(model: TwoPassASR, g: torch.Generator) -> _Graph:
     m, offset = 2 * C, 3 * C
     P = graph.cache_frames if graph.cache_frames is not None else offset
     past = {} if graph.cache_frames is not None else {3: "past"}
-    inputs = [torch.randn(1, 4 * m, F, generator=g), torch.tensor(offset),
+    inputs = [torch.randn(1, enc.reduction * m, F, generator=g), torch.tensor(offset),
               torch.randn(L, 1, Hh, P, H // Hh, generator=g), torch.randn(L, 1, Hh, P, H // Hh, generator=g),
               torch.randn(L, 1, H, cfg.conv_kernel - 1, generator=g)]  # fmt: skip
     states = ["offset", "k", "v", "conv"]
@@ -188,9 +188,9 @@ def _encoder_meta(model: TwoPassASR) -> dict[str, Any]:
     c = enc.cfg
     return {
         "kind": "conformer", "out_dim": enc.out_dim, "layers": c.layers, "heads": c.heads, "conv_kernel": c.conv_kernel,
-        "subsampling": c.subsampling, "reduction": 4,  # feature frames per encoder frame
+        "subsampling": c.subsampling, "reduction": enc.reduction,  # feature frames per encoder frame
         "chunk_size": c.chunk_size,  # encoder frames a chunk
-        "chunk_frames": 4 * c.chunk_size,  # feature frames a chunk: the unit the graph takes
+        "chunk_frames": enc.reduction * c.chunk_size,  # feature frames a chunk: the unit the graph takes
         "left_chunks": c.left_chunks, "cache": "fixed" if c.left_chunks >= 0 else "growing",
     }  # fmt: skip
 

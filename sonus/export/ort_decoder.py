@@ -127,6 +127,7 @@ class EncoderFeeder:
         self.dtypes = {k: np.dtype(spec[k]["dtype"]) for k in self.shapes}
         self.outputs = [o.name for o in session.get_outputs()]  # enc, then X_out
         self.unit = self.unit_frames(meta["encoder"])
+        self.reduction = int(meta["encoder"]["reduction"])  # feature frames per encoder frame
 
     def unit_frames(self, enc: dict[str, Any]) -> int:
         raise NotImplementedError
@@ -164,14 +165,14 @@ class LSTMFeeder(EncoderFeeder):
 
 
 class ConformerFeeder(EncoderFeeder):
-    """Units of one attention chunk (4 * chunk_size feature frames); at the end, the last partial
-    chunk's whole groups of 4 (the frames short of a group are dropped, as offline)."""
+    """Units of one attention chunk (reduction * chunk_size feature frames); at the end, the last
+    partial chunk's whole subsampling groups (the frames short of a group are dropped, as offline)."""
 
     def unit_frames(self, enc: dict[str, Any]) -> int:
         return int(enc["chunk_frames"])
 
     def tail(self, pending: np.ndarray) -> np.ndarray:
-        return pending[: pending.shape[0] // 4 * 4]
+        return pending[: pending.shape[0] // self.reduction * self.reduction]
 
 
 FEEDERS: dict[str, type[EncoderFeeder]] = {

@@ -4,7 +4,8 @@ Each block: half feed-forward, self-attention, convolution module, half feed-for
 LayerNorm (the macaron layout). What makes it stream:
 
 - Subsampling x4 by two stride-2 convolutions that are causal in time: output frame j
-  sees input frames 4j-3 .. 4j+3 and nothing later.
+  sees input frames 4j-3 .. 4j+3 and nothing later. Or ``stack``: each group of r frames
+  (``subsampling_factor``, 4 by default) concatenated and projected.
 - Attention is chunk-wise (WeNet's dynamic-chunk mask, fixed): frame i sees every frame
   of its own chunk and of ``left_chunks`` chunks before it (all of them when -1), never a
   later chunk. Positions are relative: rotary embeddings (Su et al. 2021) make the
@@ -15,7 +16,7 @@ LayerNorm (the macaron layout). What makes it stream:
 So a stream fed chunk by chunk through :meth:`ConformerEncoder.step` (cached keys and
 values, convolution context) gives the frames of the offline pass over the same input.
 
-Shapes: B batch, T input frames, F features, T' = T // 4 encoder frames, D d_model,
+Shapes: B batch, T input frames, F features, T' = T // r encoder frames (r = 4 unless stacking), D d_model,
 H heads, C chunk size in encoder frames.
 """
 
@@ -36,7 +37,8 @@ class ConformerConfig:
     heads: int = 4
     ff_mult: int = 4
     conv_kernel: int = 15
-    subsampling: Literal["conv2d", "stack"] = "conv2d"  # stack: 4 frames concatenated, then a linear layer
+    subsampling: Literal["conv2d", "stack"] = "conv2d"  # stack: ``subsampling_factor`` frames concatenated, then a linear layer
+    subsampling_factor: int = 4  # feature frames per encoder frame (conv2d: 4 only)
     subsampling_channels: int = 64  # conv2d: channels of the two stride-2 convolutions
     chunk_size: int = 4  # encoder frames a chunk (4 x 40 ms = 160 ms); 0: full attention (not streaming)
     left_chunks: int = -1  # chunks of left context each chunk sees; -1: all
@@ -48,7 +50,7 @@ class ConformerState:
     """What a stream carries between calls. ``kv`` holds each layer's rotated keys and values
     of the frames still in the left context; ``conv`` each layer's last ``kernel - 1`` inputs."""
 
-    pending: torch.Tensor  # (B, <4, F) input frames waiting to complete a group of 4
+    pending: torch.Tensor  # (B, <r, F) input frames waiting to complete a group of r (the subsampling factor)
     sub: list[torch.Tensor]  # the subsampling convolutions' last input frame: (B, 1, F), (B, C, 1, F/2)
     kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: (B, H, t, D/H) each
     conv: list[torch.Tensor]  # per layer: (B, D, kernel - 1)
@@ -86,15 +88,17 @@ class CausalSubsampling(nn.Module):
 
 
 class StackSubsampling(nn.Module):
-    """(B, T, F) -> (B, T // 4, D): each group of 4 frames concatenated and projected."""
+    """(B, T, F) -> (B, T // r, D): each group of r frames concatenated and projected."""
 
-    def __init__(self, in_dim: int, d_model: int) -> None:
+    def __init__(self, in_dim: int, d_model: int, factor: int = 4) -> None:
         super().__init__()
-        self.proj = nn.Linear(4 * in_dim, d_model)
+        self.factor = factor
+        self.proj = nn.Linear(factor * in_dim, d_model)
 
     def forward(self, x: torch.Tensor, ctx: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         B, T, F = x.shape
-        return self.proj(x[:, : T - T % 4].reshape(B, T // 4, 4 * F)), []
+        r = self.factor
+        return self.proj(x[:, : T - T % r].reshape(B, T // r, r * F)), []
 
 
 def rotary(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -211,7 +215,7 @@ class ConformerBlock(nn.Module):
 
 
 class ConformerEncoder(nn.Module):
-    """Log-mel (B, T, F) -> (B, T // 4, D). ``forward`` is the offline pass with the
+    """Log-mel (B, T, F) -> (B, T // r, D). ``forward`` is the offline pass with the
     streaming attention mask; ``step`` the same computation chunk by chunk."""
 
     def __init__(self, in_dim: int, cfg: ConformerConfig) -> None:
@@ -219,10 +223,15 @@ class ConformerEncoder(nn.Module):
         self.cfg = cfg
         if cfg.subsampling not in ("conv2d", "stack"):
             raise ValueError(f"conformer subsampling must be 'conv2d' or 'stack', got {cfg.subsampling!r}")
+        if cfg.subsampling_factor < 1 or (cfg.subsampling == "conv2d" and cfg.subsampling_factor != 4):
+            raise ValueError(
+                f"conformer subsampling_factor must be 4 with conv2d subsampling, >= 1 with stack; got {cfg.subsampling_factor}"
+            )
         if cfg.subsampling == "conv2d":
             self.subsample = CausalSubsampling(in_dim, cfg.subsampling_channels, cfg.d_model)
         else:
-            self.subsample = StackSubsampling(in_dim, cfg.d_model)
+            self.subsample = StackSubsampling(in_dim, cfg.d_model, cfg.subsampling_factor)
+        self.reduction = cfg.subsampling_factor  # feature frames per encoder frame
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(ConformerBlock(cfg) for _ in range(cfg.layers))
         self.out_dim = cfg.d_model
@@ -241,8 +250,10 @@ class ConformerEncoder(nn.Module):
         return y, lengths
 
     def output_lengths(self, frames: torch.Tensor) -> torch.Tensor:
-        """Encoder frames (B,) of ``frames`` (B,) input frames: a partial last group of 4 is dropped."""
-        return CausalSubsampling.lengths(frames)
+        """Encoder frames (B,) of ``frames`` (B,) input frames: a partial last group is dropped."""
+        if self.cfg.subsampling == "conv2d":
+            return CausalSubsampling.lengths(frames)
+        return torch.div(frames, self.reduction, rounding_mode="floor")
 
     def initial_state(self, batch: int, device: torch.device, feat_dim: int) -> ConformerState:
         return ConformerState(
@@ -252,9 +263,9 @@ class ConformerEncoder(nn.Module):
 
     def step(self, x: torch.Tensor, state: ConformerState, final: bool = False) -> tuple[torch.Tensor, ConformerState]:
         """Streaming: x (B, t, F) new frames -> (B, t', D) encoder frames of every chunk now complete
-        (with ``final``, also of the last partial chunk; leftover input frames < 4 are dropped as offline)."""
+        (with ``final``, also of the last partial chunk; leftover input frames short of a group are dropped as offline)."""
         x = torch.cat([state.pending, x], dim=1)
-        n = (x.shape[1] // 4) * 4
+        n = (x.shape[1] // self.reduction) * self.reduction
         sub, ctx = state.sub, state.sub
         if n:
             y, ctx = self.subsample(x[:, :n], sub)

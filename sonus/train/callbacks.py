@@ -15,8 +15,9 @@ class TimeBudget(pl.Callback):
     a validation), so the best checkpoint reflects all the training that was done and no
     part of the budget is left unused waiting for the next scheduled validation. Unlike
     ``Trainer(max_time=...)``, which stops without validating, nothing trained is lost.
-    A validation is assumed to last as long as the last one. In an epoch that does not
-    validate (``check_val_every_n_epoch`` > 1) the run stops at the budget itself.
+    A validation is assumed to last as long as the last one. In an epoch that would not
+    validate (``check_val_every_n_epoch`` > 1) the stop makes it validate too (validation
+    every epoch from then on), so every run ends with one.
     """
 
     def __init__(self, minutes: float) -> None:
@@ -42,10 +43,11 @@ class TimeBudget(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now = time.monotonic()
         step, self.last = now - self.last, now
-        every = getattr(trainer, "check_val_every_n_epoch", 1)
-        validates = every is None or (trainer.current_epoch + 1) % every == 0
-        if now - self.start + step + (self.val_seconds if validates else 0.0) > self.budget:
+        if now - self.start + step + self.val_seconds > self.budget:
             trainer.should_stop = True
+            every = getattr(trainer, "check_val_every_n_epoch", 1)
+            if every is not None and (trainer.current_epoch + 1) % every != 0:
+                trainer.check_val_every_n_epoch = 1  # Lightning validates a stopped epoch only if it is due
 
 
 class SaveLast(pl.Callback):

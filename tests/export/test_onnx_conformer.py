@@ -39,7 +39,8 @@ def _check_encoder_graph(model: TwoPassASR, folder: Path) -> None:
     more than the export's example input, then one), then the end of the stream (a partial chunk and < 4 frames PyTorch drops). Every
     output and every cache after every call must agree."""
     enc, cfg = model.encoder, model.encoder.cfg
-    unit, F = 4 * cfg.chunk_size, model.in_dim
+    r = enc.reduction  # feature frames per encoder frame
+    unit, F = r * cfg.chunk_size, model.in_dim
     sess = ort.InferenceSession(
         str(folder / "encoder.onnx"), providers=["CPUExecutionProvider"]
     )
@@ -57,7 +58,7 @@ def _check_encoder_graph(model: TwoPassASR, folder: Path) -> None:
     }
     g = torch.Generator().manual_seed(7)
     tail = (
-        unit - 4 + 2 if cfg.chunk_size > 1 else 2
+        unit - r + 2 if cfg.chunk_size > 1 else 2
     )  # a partial chunk (if C > 1) and 2 frames dropped
     x = torch.randn(2, 5 * unit + tail, F, generator=g)
     calls = [(0, unit), (unit, 4 * unit), (4 * unit, 5 * unit)]
@@ -66,7 +67,7 @@ def _check_encoder_graph(model: TwoPassASR, folder: Path) -> None:
         with torch.no_grad():
             want, st = enc.step(x[:, a:b], st, final=final)
         feats = x[:, a:b].numpy()
-        feats = feats[:, : feats.shape[1] // 4 * 4]
+        feats = feats[:, : feats.shape[1] // r * r]
         if feats.shape[1] == 0:
             assert want.shape[1] == 0, want.shape
             continue
@@ -121,8 +122,9 @@ def test_encoder_graph_matches_step(conformer_exported):
             "subsampling": "conv2d",
         },  # an empty fixed cache
         {"chunk_size": 3, "left_chunks": 2, "subsampling": "stack"},
+        {"chunk_size": 2, "left_chunks": -1, "subsampling": "stack", "subsampling_factor": 8},
     ],
-    ids=["chunk1_left0", "chunk3_left2"],
+    ids=["chunk1_left0", "chunk3_left2", "stack8"],
 )
 def test_encoder_graph_matches_step_at_the_edges(conformer, tmp_path):
     tok = CharTokenizer("abc ")
@@ -134,6 +136,9 @@ def test_encoder_graph_matches_step_at_the_edges(conformer, tmp_path):
     )
     export_model(model.eval(), tok, tmp_path)
     _check_encoder_graph(model, tmp_path)
+    enc = json.loads((tmp_path / "metadata.json").read_text())["encoder"]
+    r = conformer.get("subsampling_factor", 4)
+    assert (enc["reduction"], enc["chunk_frames"]) == (r, r * conformer["chunk_size"])
 
 
 def test_metadata_describes_chunks_and_caches(conformer_exported):

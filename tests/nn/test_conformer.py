@@ -13,10 +13,10 @@ from sonus.text.tokenizer import CharTokenizer
 from tests.asr.test_model import _batch, small_config
 
 
-def _encoder(subsampling: str, left_chunks: int, chunk: int = 4) -> ConformerEncoder:
+def _encoder(subsampling: str, left_chunks: int, chunk: int = 4, factor: int = 4) -> ConformerEncoder:
     torch.manual_seed(0)
     cfg = ConformerConfig(d_model=32, layers=2, heads=4, conv_kernel=5, subsampling=subsampling, subsampling_channels=8,
-                          chunk_size=chunk, left_chunks=left_chunks, dropout=0.0)  # fmt: skip
+                          subsampling_factor=factor, chunk_size=chunk, left_chunks=left_chunks, dropout=0.0)  # fmt: skip
     return ConformerEncoder(40, cfg).eval()
 
 
@@ -40,6 +40,23 @@ def test_chunked_stream_equals_offline(subsampling, left_chunks):
         streamed = _stream(enc, x, [16, 7, 9, 30, 16, 1, 50])  # pieces that do not line up with chunks
     assert lengths.tolist() == [50, 50] and streamed.shape == offline.shape, (streamed.shape, offline.shape)
     torch.testing.assert_close(streamed, offline, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("factor", [6, 8])
+def test_stacking_other_factors_streams_like_offline(factor):
+    enc = _encoder("stack", 1, factor=factor)
+    x = torch.randn(2, 203, 40)
+    with torch.no_grad():
+        offline, lengths = enc(x, torch.tensor([203, 203]))
+        streamed = _stream(enc, x, [16, 7, 9, 30, 16, 1, 50])
+    assert lengths.tolist() == [203 // factor] * 2 and streamed.shape == offline.shape
+    assert enc.output_lengths(torch.tensor([150, factor - 1])).tolist() == [150 // factor, 0]
+    torch.testing.assert_close(streamed, offline, rtol=1e-5, atol=1e-5)
+
+
+def test_conv2d_subsampling_is_x4_only():
+    with pytest.raises(ValueError, match="subsampling_factor"):
+        _encoder("conv2d", -1, factor=8)
 
 
 @pytest.mark.parametrize("left_chunks", [0, 2])

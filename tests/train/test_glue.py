@@ -6,11 +6,10 @@ import math
 import pickle
 from types import SimpleNamespace
 
-import pytest
-import torch
-
 import numpy as np
+import pytest
 import soundfile as sf
+import torch
 
 from sonus.audio.augment import NoiseConfig, NoiseMixer, speed_perturb
 from sonus.train.callbacks import TimeBudget
@@ -95,7 +94,7 @@ def test_time_budget_stops_so_that_the_last_validation_fits(monkeypatch):
     assert trainer.should_stop and now[0] == 100.0  # a 20 s validation now ends at 120; one more 1 s step would overrun
 
 
-def test_time_budget_in_an_epoch_without_validation_stops_at_the_budget(monkeypatch):
+def test_time_budget_in_an_epoch_without_validation_still_ends_with_one(monkeypatch):
     now = [0.0]
     monkeypatch.setattr("sonus.train.callbacks.time.monotonic", lambda: now[0])
     cb = TimeBudget(minutes=1)
@@ -105,7 +104,34 @@ def test_time_budget_in_an_epoch_without_validation_stops_at_the_budget(monkeypa
     while not trainer.should_stop:
         now[0] += 2.0
         cb.on_train_batch_end(trainer, None, None, None, 0)
-    assert now[0] == 60.0  # epoch 0 does not validate: no time kept for one, another step would overrun
+    assert now[0] == 30.0  # time kept for the validation, although epoch 0 was not due one ...
+    assert trainer.check_val_every_n_epoch == 1  # ... which Lightning now runs
+
+
+def test_time_budget_run_ends_with_a_validation_in_lightning(tmp_path):
+    """The real Trainer: a run stopped by the budget in an epoch not due a validation validates."""
+    import lightning.pytorch as pl
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.val_steps = torch.nn.Linear(2, 1), []
+
+        def training_step(self, batch, i):
+            return self.lin(batch[0]).pow(2).mean()
+
+        def validation_step(self, batch, i):
+            self.val_steps.append(self.global_step)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(40, 2)), batch_size=4)  # 10 steps an epoch
+    model, cb = Tiny(), TimeBudget(minutes=1e-9)  # spent after the first step
+    trainer = pl.Trainer(max_epochs=4, check_val_every_n_epoch=2, callbacks=[cb], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(model, data, data)
+    assert trainer.global_step == 1 and model.val_steps and set(model.val_steps) == {1}
 
 
 def test_speed_perturb_changes_length_and_pitch():
