@@ -7,6 +7,8 @@ STAMP   := $(VENV)/.installed
 SYNTH   ?= data/synth
 EXP     ?= exp/demo
 UTTS    ?= 12000
+# the decoders' lexicon LM: the training transcripts' words (weight and bonus tuned on dev)
+LM      ?= decoding.lm.text=$(SYNTH)/train.jsonl decoding.lm.weight=0.2 decoding.lm.word_bonus=4
 
 .PHONY: setup demo test clean
 
@@ -23,10 +25,10 @@ demo: setup
 	$(BIN)/sonus prepare synth output_dir=$(SYNTH) num_utterances=$(UTTS) seed=42
 	$(BIN)/sonus train experiment=demo data.root=$(SYNTH) training.output_dir=$(EXP)
 	$(BIN)/sonus decode rnnt model.checkpoint=$(EXP)/best.ckpt data.test_manifest=$(SYNTH)/test.jsonl \
-		decoding.beam_size=4 output_path=$(EXP)/decode_rnnt.jsonl
+		decoding.beam_size=4 $(LM) output_path=$(EXP)/decode_rnnt.jsonl
 	$(BIN)/sonus decode two_pass model.checkpoint=$(EXP)/best.ckpt data.test_manifest=$(SYNTH)/test.jsonl \
 		data.dev_manifest=$(SYNTH)/dev.jsonl decoding.tune=true \
-		decoding.beam_size_rnnt=4 decoding.beam_size_las=4 output_path=$(EXP)/decode_2pass.jsonl
+		decoding.beam_size_rnnt=4 decoding.beam_size_las=4 $(LM) output_path=$(EXP)/decode_2pass.jsonl
 	$(BIN)/python -m sonus.asr.report $(EXP)
 
 test: setup

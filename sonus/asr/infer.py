@@ -12,7 +12,14 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from sonus.asr.decoding import Decoder, DecodeResult, DecodingOptions, combine
+from sonus.asr.decoding import (
+    Decoder,
+    DecodeResult,
+    DecodingOptions,
+    Lexicon,
+    combine,
+    count_words,
+)
 from sonus.asr.model import TwoPassASR, load_checkpoint
 from sonus.data.asr_dataset import ASRDataset, collate
 from sonus.data.manifest import read_manifest
@@ -48,14 +55,16 @@ class DecodeSummary:
 def decode_manifest(
     model: TwoPassASR, tok: Tokenizer, manifest: str | Path, opts: DecodingOptions, normalize: dict,
     max_duration: float = 200.0, batch_size: int = 32, skip_bad: bool = False, num_workers: int = 0,
+    lm: Lexicon | None = None,
 ) -> DecodedSet:  # fmt: skip
-    """Decode every utterance of ``manifest`` (references are normalised like training text)."""
+    """Decode every utterance of ``manifest`` (references are normalised like training text);
+    ``lm`` is fused into the first pass with ``opts.lm_weight``."""
     utts = read_manifest(manifest)
     refs = [normalize_text(u.text, **normalize) for u in utts]
     ds = ASRDataset(utts, [[] for _ in utts], refs, model.cfg.sample_rate, skip_bad)
     sampler = DurationBucketSampler([u.duration for u in utts], max(max_duration, max(u.duration for u in utts)), batch_size, shuffle=False)
     dl = DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)
-    decoder = Decoder(model, tok, opts)
+    decoder = Decoder(model, tok, opts, lm)
     device = next(model.parameters()).device
     out = DecodedSet([], [], [], [])
     try:
@@ -72,6 +81,24 @@ def decode_manifest(
         out.first += first
         out.final += final
     return out
+
+
+def load_lexicon(path: str | Path, tok: Tokenizer, normalize: dict, oov_logprob: float, word_bonus: float) -> Lexicon:
+    """The lexicon LM of the words in ``path``: a manifest (``.jsonl``: its ``text``) or a text
+    file (one sentence a line), normalised like training text."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"decoding.lm.text: no such file: {path}")
+    if path.suffix == ".jsonl":
+        texts = [u.text for u in read_manifest(path)]
+    else:
+        texts = path.read_text(encoding="utf-8").splitlines()
+    counts = count_words(normalize_text(t, **normalize) for t in texts)
+    if not counts:
+        raise ValueError(f"decoding.lm.text: {path} has no words")
+    lex = Lexicon(counts, tok, oov_logprob, word_bonus)
+    log.info("lexicon LM from %s: %d words, %d trie nodes", path, len(counts), lex.num_nodes)
+    return lex
 
 
 def _best(rs: list[DecodeResult]) -> list[str]:
@@ -100,6 +127,7 @@ def write_results(path: str | Path, ds: DecodedSet) -> None:
                 "nbest": [
                     {"text": h.text, "score": round(h.score, 4), "rnnt_score": round(h.rnnt_score, 4),
                      "las_score": None if h.las_score is None else round(h.las_score, 4)}
+                    | ({} if h.lm_score is None else {"lm_score": round(h.lm_score, 4)})
                     for h in r.nbest
                 ],
             }  # fmt: skip
@@ -138,6 +166,11 @@ def run_decode(mode: str, cfg) -> DecodeSummary:
         opts = replace(opts, second_pass="none", beam_size=int(cfg.decoding.beam_size))
     d = cfg.data
     kw: dict[str, Any] = {"max_duration": float(d.max_duration), "batch_size": int(d.batch_size), "skip_bad": bool(d.skip_bad)}
+    lm_cfg = cfg.decoding.get("lm") or {}
+    if opts.lm_weight:
+        if not lm_cfg.get("text"):
+            raise ValueError("decoding.lm.weight > 0 needs decoding.lm.text (transcripts to build the lexicon from)")
+        kw["lm"] = load_lexicon(lm_cfg.text, tok, norm, float(lm_cfg.get("oov_logprob", -20.0)), float(lm_cfg.get("word_bonus", 0.0)))
     if mode == "two_pass" and cfg.decoding.get("tune") and opts.second_pass == "rescore":
         if not d.get("dev_manifest"):
             raise ValueError("decoding.tune=true needs data.dev_manifest (w is chosen on dev, never on test)")
@@ -152,7 +185,8 @@ def run_decode(mode: str, cfg) -> DecodeSummary:
     las_w = opts.las_weight if mode == "two_pass" else None
     summary = DecodeSummary(mode, len(ds.ids), first, final, las_w, str(cfg.output_path), opts.first_pass_kind, opts.strategy)
     beam = "" if opts.strategy.endswith("greedy") else f", beam {opts.beam_size}"
-    rows = [(f"{opts.first_pass_kind} ({opts.strategy}{beam})", first)]
+    lm = f", lexicon LM x{opts.lm_weight:g}" if opts.lm_weight else ""
+    rows = [(f"{opts.first_pass_kind} ({opts.strategy}{beam}{lm})", first)]
     if mode == "two_pass":
         rows.append((f"two-pass ({opts.second_pass}, w={opts.las_weight:.2f})", final))
     print_table(rows, f"{d.test_manifest}: {len(ds.ids)} utterances")

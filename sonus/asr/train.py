@@ -88,6 +88,7 @@ def decoding_options_from(d: DictConfig, default_second_pass: str = "rescore") -
         las_weight=float(d.las_weight),
         las_beam_size=int(d.beam_size_las),
         length_bonus=float(d.get("length_bonus", 0.0)),
+        lm_weight=float((d.get("lm") or {}).get("weight", 0.0)),
     )
 
 

@@ -9,6 +9,9 @@ on the predictor and joiner, or a :class:`CTCSearch` on the CTC head (``model.ct
     ctc_greedy       CTCGreedySearch: best path, repeats collapsed, blanks dropped
     ctc_prefix_beam  CTCPrefixBeamSearch: prefix beam ``beam_size``, ``beam_size`` tokens tried a frame
 
+With a :class:`Lexicon` (word unigram LM over a lexicon, ``lexicon.py``) and ``lm_weight`` > 0, the
+beam searches add the LM's weighted score to every label (shallow fusion).
+
 The decoder binds the search to the model parts it needs (:class:`FirstPass`), so it and the
 streaming decoder drive every strategy alike. Second pass (``second_pass``): LAS rescoring of
 the n-best (after a CTC first pass: WeNet's attention rescoring), LAS beam search, or none.
@@ -36,6 +39,7 @@ from sonus.asr.decoding.first_pass import (
 )
 from sonus.asr.decoding.greedy import GreedySearch, GreedyState
 from sonus.asr.decoding.las import LASBeamSearch, combine, las_score_nbest
+from sonus.asr.decoding.lexicon import Lexicon, count_words
 from sonus.asr.decoding.search import TransducerSearch
 from sonus.asr.decoding.types import (
     CTC_STRATEGIES,
@@ -49,17 +53,20 @@ from sonus.text.tokenizer import Tokenizer
 __all__ = [
     "CTC_STRATEGIES", "BeamSearch", "BeamState", "CTCFirstPass", "CTCGreedySearch", "CTCGreedyState",
     "CTCPrefixBeamSearch", "CTCSearch", "DecodeResult", "Decoder", "DecodingOptions", "FirstPass", "GreedySearch",
-    "GreedyState", "Hypothesis", "ModifiedBeamSearch", "PrefixBeamState", "TransducerFirstPass", "TransducerSearch",
-    "bind", "combine", "make_search",
+    "GreedyState", "Hypothesis", "Lexicon", "ModifiedBeamSearch", "PrefixBeamState", "TransducerFirstPass", "TransducerSearch",
+    "bind", "combine", "count_words", "make_search",
 ]  # fmt: skip
 
 
-def make_search(options: DecodingOptions) -> TransducerSearch | CTCSearch:
-    """The first-pass search object ``options.strategy`` names (not yet bound to a model: see :func:`bind`)."""
+def make_search(options: DecodingOptions, lm: Lexicon | None = None) -> TransducerSearch | CTCSearch:
+    """The first-pass search object ``options.strategy`` names (not yet bound to a model: see :func:`bind`).
+    ``lm`` is fused into the RNN-T beam searches with ``options.lm_weight``."""
+    if lm is not None and options.lm_weight and options.strategy not in ("modified_beam", "beam"):
+        raise ValueError(f"decoding.lm_weight > 0 needs decoding.strategy=beam or modified_beam, got {options.strategy}")
     strategies: dict[str, Callable[[], TransducerSearch | CTCSearch]] = {
         "greedy": lambda: GreedySearch(options.max_symbols_per_frame),
-        "modified_beam": lambda: ModifiedBeamSearch(options.beam_size),
-        "beam": lambda: BeamSearch(options.beam_size, options.max_symbols_per_frame),
+        "modified_beam": lambda: ModifiedBeamSearch(options.beam_size, lm, options.lm_weight),
+        "beam": lambda: BeamSearch(options.beam_size, options.max_symbols_per_frame, lm, options.lm_weight),
         "ctc_greedy": lambda: CTCGreedySearch(),
         "ctc_prefix_beam": lambda: CTCPrefixBeamSearch(options.beam_size),
     }
@@ -73,9 +80,9 @@ class Decoder:
     The streaming decoder (:mod:`sonus.asr.streaming`) uses the same two passes.
     """
 
-    def __init__(self, model: TwoPassASR, tokenizer: Tokenizer, options: DecodingOptions) -> None:
+    def __init__(self, model: TwoPassASR, tokenizer: Tokenizer, options: DecodingOptions, lm: Lexicon | None = None) -> None:
         self.model, self.tokenizer, self.opts = model, tokenizer, options
-        self.first_search = bind(make_search(options), model, options.strategy)  # start(B, device), run(enc, lengths, state), results
+        self.first_search = bind(make_search(options, lm), model, options.strategy)  # start(B, device), run(enc, lengths, state), results
         if options.second_pass != "none" and model.las is None:
             raise ValueError("decoding.second_pass needs a model with LAS (model.las.enabled=true)")
 

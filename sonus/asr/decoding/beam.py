@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from sonus.asr.decoding.lexicon import ROOT, Lexicon
 from sonus.asr.decoding.search import (
     FrameSynchronousSearch,
     feed_labels,
@@ -98,6 +99,8 @@ class BeamState:
     pred_p: torch.Tensor  # (B*K, J) projected predictor output after each slot's last label
     frames: torch.Tensor | None = None  # (B*K, L) encoder frame at which each label was emitted (None: not tracked)
     t: torch.Tensor | None = None  # (B,) encoder frames each utterance has finished
+    lm_node: torch.Tensor | None = None  # (B, K) each slot's lexicon state (shallow fusion; None: no LM)
+    lm_score: torch.Tensor | None = None  # (B, K) the weighted LM score included in ``scores``
 
     @classmethod
     def start(cls, predictor: Predictor, joiner: Joiner, B: int, K: int, device: torch.device) -> BeamState:
@@ -134,8 +137,20 @@ class BeamState:
         self.t = self._t() + active.long()
         return self
 
-    def advance(self, predictor: Predictor, joiner: Joiner, sel: Selection, active: torch.Tensor) -> BeamState:
-        """The beam ``sel`` describes; utterances where active (B,) is False keep theirs."""
+    def lm_step(self, lm: Lexicon | None, weight: float) -> LMStep | None:
+        """Every slot's weighted LM score and next lexicon state for every label, or None without an LM."""
+        if lm is None:
+            return None
+        B, K = self.scores.shape
+        if self.lm_node is None:  # a state started without the LM
+            self.lm_node = torch.full((B, K), ROOT, dtype=torch.long, device=self.scores.device)
+            self.lm_score = torch.zeros_like(self.scores)
+        score, nxt = lm.step(self.lm_node.view(-1))
+        return LMStep(weight * score.view(B, K, -1), nxt.view(B, K, -1))
+
+    def advance(self, predictor: Predictor, joiner: Joiner, sel: Selection, active: torch.Tensor, lm: LMStep | None = None) -> BeamState:
+        """The beam ``sel`` describes; utterances where active (B,) is False keep theirs.
+        ``lm``: the LM step the selection's scores include (moves the slots' lexicon states)."""
         B, K = self.scores.shape
         act = active[:, None]
         keep = torch.arange(K, device=act.device).expand(B, K)
@@ -148,34 +163,73 @@ class BeamState:
         frames[torch.arange(B * K, device=act.device), n] = self._t().repeat_interleave(K)
         emit = label != BLANK
         pred_state, pred_p = feed_labels(predictor, joiner, label, emit, select_rows(self.pred_state, rows), self.pred_p[rows])
+        lm_node, lm_score = self.lm_node, self.lm_score
+        if lm is not None:
+            assert lm_node is not None and lm_score is not None, "set by lm_step"
+            V = lm.score.shape[-1]
+            flat = sel.src * V + sel.label  # (B, K) into (B, K * V)
+            lm_node = torch.where(act, lm.next.reshape(B, -1).gather(1, flat), lm_node)
+            gained = lm.score.reshape(B, -1).gather(1, flat)
+            lm_score = torch.where(act, lm_score.gather(1, sel.src) + gained, lm_score)
         return BeamState(
             torch.where(act, sel.scores, self.scores), torch.where(act, sel.keys, self.keys), tokens,
-            n + emit.long(), pred_state, pred_p, frames, self._t(),
+            n + emit.long(), pred_state, pred_p, frames, self._t(), lm_node, lm_score,
         )  # fmt: skip
 
-    def results(self) -> list[DecodeResult]:
+    def results(self, lm: Lexicon | None = None, weight: float = 0.0) -> list[DecodeResult]:
+        """N-best lists, best first. With the LM, each hypothesis' last word is closed (as at
+        the end of the utterance), ``lm_score`` is its weighted LM score and ``rnnt_score`` the rest."""
         B, K = self.scores.shape
-        scores, order = self.scores.sort(dim=1, descending=True, stable=True)
+        lm_total = torch.zeros_like(self.scores)
+        if lm is not None and self.lm_node is not None and self.lm_score is not None:
+            lm_total = self.lm_score + weight * lm.final[self.lm_node]
+        total = self.scores - (self.lm_score if self.lm_score is not None else 0.0) + lm_total
+        scores, order = total.sort(dim=1, descending=True, stable=True)
         lengths = self.lengths.view(B, K).tolist()
-        frames = self._frames()
+        frames, lm_rows = self._frames(), lm_total.tolist()
+        with_lm = lm is not None
         out = []
         for b, (row, ks) in enumerate(zip(scores.tolist(), order.tolist())):
             hyps = [(s, k, b * K + k, lengths[b][k]) for s, k in zip(row, ks) if s > float("-inf")]
-            out.append(DecodeResult([Hypothesis(self.tokens[i, :n].tolist(), s, s, frames=frames[i, :n].tolist()) for s, _, i, n in hyps]))
+            out.append(DecodeResult([
+                Hypothesis(self.tokens[i, :n].tolist(), s, s - lm_rows[b][k], frames=frames[i, :n].tolist(),
+                           lm_score=lm_rows[b][k] if with_lm else None)
+                for s, k, i, n in hyps
+            ]))  # fmt: skip
         return out
 
 
+@dataclass
+class LMStep:
+    """One LM step for every slot: weighted scores and next lexicon states, (B, K, V) each."""
+
+    score: torch.Tensor
+    next: torch.Tensor
+
+
 class _BeamSearchBase(FrameSynchronousSearch[BeamState]):
-    def __init__(self, beam_size: int) -> None:
+    """``lm``: a :class:`~sonus.asr.decoding.lexicon.Lexicon` fused into the search (shallow
+    fusion: ``lm_weight`` times its score added to every label's log-probability)."""
+
+    def __init__(self, beam_size: int, lm: Lexicon | None = None, lm_weight: float = 0.0) -> None:
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
         self.K = beam_size
+        self.lm, self.lm_weight = (lm, lm_weight) if lm is not None and lm_weight != 0.0 else (None, 0.0)
 
     def start(self, predictor: Predictor, joiner: Joiner, batch: int, device: torch.device) -> BeamState:
+        if self.lm is not None:
+            self.lm.to(device)
         return BeamState.start(predictor, joiner, batch, self.K, device)
 
     def results(self, state: BeamState) -> list[DecodeResult]:
-        return state.results()
+        return state.results(self.lm, self.lm_weight)
+
+    def _log_probs(self, state: BeamState, joiner: Joiner, enc_p_t: torch.Tensor) -> tuple[torch.Tensor, LMStep | None]:
+        """(B, K, V) label scores, the LM's included, and the LM step taken."""
+        lp = state.log_probs(joiner, enc_p_t)
+        lm = state.lm_step(self.lm, self.lm_weight)
+        return (lp if lm is None else lp + lm.score), lm
 
 
 class ModifiedBeamSearch(_BeamSearchBase):
@@ -186,12 +240,12 @@ class ModifiedBeamSearch(_BeamSearchBase):
 
     def frame(self, predictor: Predictor, joiner: Joiner, enc_p_t: torch.Tensor, active: torch.Tensor, state: BeamState) -> BeamState:
         state = state.reserve(1)
-        lp = state.log_probs(joiner, enc_p_t)  # (B, K, V)
+        lp, lm = self._log_probs(state, joiner, enc_p_t)  # (B, K, V)
         B, K, V = lp.shape
         cand, idx = (state.scores[:, :, None] + lp).view(B, K * V).topk(min(2 * K, K * V), dim=-1)  # (B, N)
         src, label = idx // V, idx % V
         sel = select_hypotheses(cand, src, label, extend_keys(state.keys.gather(1, src), label), K)
-        return state.advance(predictor, joiner, sel, active).next_frame(active)
+        return state.advance(predictor, joiner, sel, active, lm).next_frame(active)
 
 
 class BeamSearch(_BeamSearchBase):
@@ -203,8 +257,8 @@ class BeamSearch(_BeamSearchBase):
     "closed" and carried over unchanged, and the last round only allows blank.
     """
 
-    def __init__(self, beam_size: int = 4, max_symbols: int = 2) -> None:
-        super().__init__(beam_size)
+    def __init__(self, beam_size: int = 4, max_symbols: int = 2, lm: Lexicon | None = None, lm_weight: float = 0.0) -> None:
+        super().__init__(beam_size, lm, lm_weight)
         self.max_symbols = max_symbols
 
     def frame(self, predictor: Predictor, joiner: Joiner, enc_p_t: torch.Tensor, active: torch.Tensor, state: BeamState) -> BeamState:
@@ -214,7 +268,7 @@ class BeamSearch(_BeamSearchBase):
         for rnd in range(self.max_symbols + 1):
             if bool(closed[active].all()):
                 break
-            lp = state.log_probs(joiner, enc_p_t)  # (B, K, V)
+            lp, lm = self._log_probs(state, joiner, enc_p_t)  # (B, K, V)
             V = lp.shape[-1]
             ext = (state.scores[:, :, None] + lp).masked_fill(closed[:, :, None], float("-inf"))  # open ones extend ...
             if rnd == self.max_symbols:  # ... with blank only in the last round
@@ -227,6 +281,6 @@ class BeamSearch(_BeamSearchBase):
             label = torch.where(carried, BLANK, idx % V)
             keys = extend_keys(state.keys.gather(1, src), label)
             sel = select_hypotheses(cand, src, label, keys, K, done=label == BLANK)
-            state = state.advance(predictor, joiner, sel, active)
+            state = state.advance(predictor, joiner, sel, active, lm)
             closed = torch.where(active[:, None], sel.done, closed)
         return state.next_frame(active)

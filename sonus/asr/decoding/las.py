@@ -45,14 +45,14 @@ def las_score_nbest(las: LAS, enc: torch.Tensor, lengths: torch.Tensor, results:
 
 
 def combine(results: list[DecodeResult], las_weight: float, length_bonus: float = 0.0) -> list[DecodeResult]:
-    """Re-rank each n-best list by (1 - w) * rnnt + w * las (+ bonus per token)."""
+    """Re-rank each n-best list by (1 - w) * rnnt + w * las (+ bonus per token, + the fused LM's score)."""
     out = []
     for r in results:
         nbest = []
         for h in r.nbest:
             las = h.las_score if h.las_score is not None else 0.0
-            score = (1.0 - las_weight) * h.rnnt_score + las_weight * las + length_bonus * len(h.tokens)
-            nbest.append(Hypothesis(h.tokens, score, h.rnnt_score, h.las_score, h.text, h.frames))
+            score = (1.0 - las_weight) * h.rnnt_score + las_weight * las + length_bonus * len(h.tokens) + (h.lm_score or 0.0)
+            nbest.append(Hypothesis(h.tokens, score, h.rnnt_score, h.las_score, h.text, h.frames, h.lm_score))
         nbest.sort(key=lambda h: -h.score)
         out.append(DecodeResult(nbest))
     return out

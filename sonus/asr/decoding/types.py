@@ -24,6 +24,7 @@ class DecodingOptions:
     las_beam_size: int = 4
     las_max_len_ratio: float = 1.5  # LAS beam: max tokens per encoder frame
     length_bonus: float = 0.0  # added per token to the rescored score
+    lm_weight: float = 0.0  # shallow fusion of a lexicon LM in the beam searches (0: none; the Decoder's ``lm``)
 
     def __post_init__(self) -> None:
         if self.strategy not in get_args(Strategy):
@@ -51,6 +52,7 @@ class Hypothesis:
     las_score: float | None = None
     text: str = ""
     frames: list[int] | None = None  # transducer searches: the encoder frame at which each token was emitted
+    lm_score: float | None = None  # the weighted lexicon LM score in ``score`` (shallow fusion), None without one
 
 
 @dataclass
