@@ -69,10 +69,6 @@ class CausalSubsampling(nn.Module):
         f = (f + 1) // 2
         self.proj = nn.Linear(channels * f, d_model)
 
-    @staticmethod
-    def lengths(lengths: torch.Tensor) -> torch.Tensor:
-        return torch.div(torch.div(lengths, 2, rounding_mode="floor"), 2, rounding_mode="floor")
-
     def forward(self, x: torch.Tensor, ctx: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """x (B, T, F), T a multiple of 4 when streaming; ``ctx``: the last input frame of
         each convolution from the previous call (None: zeros, the start of an utterance)."""
@@ -251,9 +247,7 @@ class ConformerEncoder(nn.Module):
 
     def output_lengths(self, frames: torch.Tensor) -> torch.Tensor:
         """Encoder frames (B,) of ``frames`` (B,) input frames: a partial last group is dropped."""
-        if self.cfg.subsampling == "conv2d":
-            return CausalSubsampling.lengths(frames)
-        return torch.div(frames, self.reduction, rounding_mode="floor")
+        return torch.div(frames, self.reduction, rounding_mode="floor")  # conv2d's floor(floor(T/2)/2) too
 
     def initial_state(self, batch: int, device: torch.device, feat_dim: int) -> ConformerState:
         return ConformerState(

@@ -71,7 +71,7 @@ def test_sparse_tables_agree_with_walking_the_trie():
     tok = CharTokenizer("abcd ")
     lex = Lexicon(COUNTS, tok, OOV_LP, BONUS)
     strings = label_strings(tok)
-    close = lex.close.tolist()
+    close = lex.final.tolist()
     nodes = torch.arange(lex.num_nodes)
     score, nxt = lex.step(nodes)
     for n in range(lex.num_nodes):

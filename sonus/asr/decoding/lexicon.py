@@ -80,7 +80,8 @@ class Lexicon:
             (word_lp[n] if word_lp[n] is not None else oov_logprob) - la[n] + word_bonus for n in range(2, M)
         ]
         self._children, self._la = children, la
-        self.final = torch.tensor(close, dtype=torch.float32)  # (M,) the score of ending the utterance at a node
+        # (M,) closing the word at a node: the score of a boundary there, and of ending the utterance there
+        self.final = torch.tensor(close, dtype=torch.float32)
         self._build_tables(label_strings(tok), close)
 
     def _walk(self, n: int, text: str, close: list[float]) -> tuple[int, float]:
@@ -114,7 +115,6 @@ class Lexicon:
                 starts[i] = True
                 self.start_node[i], self.start_score[i] = self._walk(ROOT, labels[i], [0.0] * M)
         self.starts = starts
-        self.close = torch.tensor(close, dtype=torch.float32)
         self.la = torch.tensor(self._la, dtype=torch.float32)
         # labels that continue a word: off the trie -> OOV (the default); on it, kept sparse
         by_first: dict[str, list[int]] = {}
@@ -137,7 +137,7 @@ class Lexicon:
         self.scores = torch.tensor(scores, dtype=torch.float32)
 
     def to(self, device: torch.device) -> Lexicon:
-        for k in ("final", "start_node", "start_score", "starts", "close", "la", "ptr", "cols", "nodes", "scores"):
+        for k in ("final", "start_node", "start_score", "starts", "la", "ptr", "cols", "nodes", "scores"):
             setattr(self, k, getattr(self, k).to(device))
         return self
 
@@ -148,7 +148,7 @@ class Lexicon:
         score = torch.where(on_trie, self.oov_logprob - self.la[node][:, None], 0.0).expand(N, V).clone()
         nxt = torch.full((N, V), OOV, dtype=torch.long, device=node.device)
         # word-initial labels
-        score = torch.where(self.starts, self.close[node][:, None] + self.start_score, score)
+        score = torch.where(self.starts, self.final[node][:, None] + self.start_score, score)
         nxt = torch.where(self.starts, self.start_node.expand(N, V), nxt)
         # labels that stay on the trie: the sparse rows of these nodes
         lo, hi = self.ptr[node], self.ptr[node + 1]
@@ -165,7 +165,7 @@ class Lexicon:
 
     def score_text(self, text: str) -> float:
         """Log-probability of a whole text (with word bonuses): the sum of what ``step`` and ``final`` give."""
-        n, s = self._walk(ROOT, text, self.close.tolist())
+        n, s = self._walk(ROOT, text, self.final.tolist())
         return s + float(self.final[n])
 
 
