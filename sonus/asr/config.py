@@ -47,6 +47,7 @@ class LASConfig:
     dec_hidden: int = 512
     embedding_dim: int = 256
     attention: Literal["location", "dot"] = "location"
+    input_feeding: bool = True  # the decoder LSTM reads the last context; False: tokens only (parallel training)
     attention_dim: int = 256
     location_channels: int = 10
     location_kernel: int = 31

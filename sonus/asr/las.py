@@ -50,6 +50,16 @@ class Attention(nn.Module):
         w = torch.softmax(energy, dim=-1).to(values.dtype)
         return torch.bmm(w[:, None, :], values).squeeze(1), w
 
+    def all_steps(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dot attention for every decoder step at once: queries (B, U, Hq) -> contexts (B, U, D), weights (B, U, T).
+
+        The same as ``forward`` step by step (dot attention does not depend on the last weights)."""
+        assert self.kind == "dot", self.kind
+        energy = torch.bmm(self.q(queries), keys.transpose(1, 2)) / keys.shape[-1] ** 0.5  # (B, U, T)
+        energy = energy.float().masked_fill(~mask[:, None, :], float("-inf"))
+        w = torch.softmax(energy, dim=-1).to(values.dtype)
+        return torch.bmm(w, values), w
+
 
 @dataclass
 class LASOutput:
@@ -58,13 +68,24 @@ class LASOutput:
 
 
 class LAS(nn.Module):
+    """Listener BiLSTM, then an attention decoder.
+
+    With ``cfg.input_feeding`` (the default, as Chan et al.) the decoder LSTM reads the last
+    attention context beside the last token, so training runs it one step at a time. Without
+    it (Luong et al. 2015's plain global attention) the LSTM reads tokens only: under teacher
+    forcing it runs over all positions in one call, and with dot attention so does the
+    attention, which makes LAS's training and rescoring cost a few matrix products."""
+
     def __init__(self, enc_dim: int, vocab_size: int, cfg: LASConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.listener = nn.LSTM(enc_dim, cfg.enc2_hidden, batch_first=True, bidirectional=True)
         D = 2 * cfg.enc2_hidden
         self.embed = nn.Embedding(vocab_size, cfg.embedding_dim)
-        self.cell = nn.LSTMCell(cfg.embedding_dim + D, cfg.dec_hidden)
+        if cfg.input_feeding:
+            self.cell, self.rnn = nn.LSTMCell(cfg.embedding_dim + D, cfg.dec_hidden), None
+        else:
+            self.cell, self.rnn = None, nn.LSTM(cfg.embedding_dim, cfg.dec_hidden, batch_first=True)
         self.attention = Attention(cfg.dec_hidden, D, cfg)
         self.dropout = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.dec_hidden + D, vocab_size)
@@ -87,7 +108,11 @@ class LAS(nn.Module):
 
     def _recur(self, emb, state, context, prev, values, keys, mask):
         """The recurrent part of a step: embedded tokens (B, E) -> output features (B, H + D), state, context, weights."""
-        h, c = self.cell(torch.cat([emb, context], dim=-1), state)
+        if self.rnn is None:
+            h, c = self.cell(torch.cat([emb, context], dim=-1), state)
+        else:
+            _, (h, c) = self.rnn(emb[:, None, :], (state[0][None], state[1][None]))
+            h, c = h[0], c[0]
         context, w = self.attention(h, keys, values, mask, prev)
         return torch.cat([h, context], dim=-1), (h, c), context, w
 
@@ -97,19 +122,38 @@ class LAS(nn.Module):
         return self.out(self.dropout(feat)), state, context, w
 
     def forward(self, enc: torch.Tensor, enc_lengths: torch.Tensor, targets: torch.Tensor) -> LASOutput:
-        """Teacher forcing. targets (B, U) padded with anything -> logits for targets[0..U-1], <eos>.
+        """Teacher forcing. targets (B, U) padded with anything -> logits for targets[0..U-1], <eos>."""
+        return self.teacher_force(*self.listen(enc, enc_lengths), targets)
 
-        Only the recurrence runs step by step: the embedding and the output layer run once
-        over all U+1 positions (one large matrix product instead of U+1 small ones)."""
-        values, keys, mask = self.listen(enc, enc_lengths)
+    def teacher_force(self, values: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor) -> LASOutput:
+        """``forward`` from the listener's output (``listen``): logits for targets[0..U-1], <eos>.
+
+        The embedding and the output layer run once over all U+1 positions (one large matrix
+        product instead of U+1 small ones); so does the decoder LSTM without input feeding,
+        and then dot attention too. The rest runs step by step."""
         state, context, prev = self.initial_state(values, mask)
         inputs = torch.cat([targets.new_full((targets.shape[0], 1), EOS), targets], dim=1)  # <eos> starts
-        feats, weights = [], []
-        for emb in self.embed(inputs).unbind(1):  # (B, E) each
-            feat, state, context, prev = self._recur(emb, state, context, prev, values, keys, mask)
-            feats.append(feat)
-            weights.append(prev)
-        return LASOutput(self.out(self.dropout(torch.stack(feats, 1))), torch.stack(weights, 1))
+        embs = self.embed(inputs)  # (B, U+1, E)
+        if self.rnn is None:
+            feats, weights = [], []
+            for emb in embs.unbind(1):  # (B, E) each
+                feat, state, context, prev = self._recur(emb, state, context, prev, values, keys, mask)
+                feats.append(feat)
+                weights.append(prev)
+            feat, w = torch.stack(feats, 1), torch.stack(weights, 1)
+        else:
+            hs, _ = self.rnn(embs, (state[0][None], state[1][None]))  # (B, U+1, Hd)
+            if self.attention.kind == "dot":
+                contexts, w = self.attention.all_steps(hs, keys, values, mask)
+            else:
+                ctxs, weights = [], []
+                for h in hs.unbind(1):  # location attention needs the last step's weights
+                    context, prev = self.attention(h, keys, values, mask, prev)
+                    ctxs.append(context)
+                    weights.append(prev)
+                contexts, w = torch.stack(ctxs, 1), torch.stack(weights, 1)
+            feat = torch.cat([hs, contexts], dim=-1)
+        return LASOutput(self.out(self.dropout(feat)), w)
 
 
 def las_targets(targets: torch.Tensor, target_lengths: torch.Tensor, pad: int = -100) -> torch.Tensor:

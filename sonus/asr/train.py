@@ -64,6 +64,7 @@ def model_config_from(m: DictConfig, vocab_size: int, n_mels: int, sample_rate: 
             dec_hidden=las.dec_hidden,
             embedding_dim=las.embedding_dim,
             attention=las.attention,
+            input_feeding=bool(las.get("input_feeding", True)),
             dropout=m.dropout,
             train_fraction=float(las.get("train_fraction", 1.0)),
         ),

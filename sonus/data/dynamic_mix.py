@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from sonus.audio import augment
@@ -83,6 +84,9 @@ class DynamicMixDataset(Dataset):
         mixture: what ``__getitem__`` returns as ``mix``; default mix_both with noise, else mix_clean.
         cache_mb: the audio cache's size.
         noise_files: the noise files to draw from, instead of ``cfg.noise``'s.
+        speed_factors: speed perturbation of the sources (Ko et al. 2015), one factor drawn per
+            source from these, e.g. (0.95, 1.0, 1.05) as SpeechBrain's WSJ0-2mix recipes: tempo
+            and pitch move together, so the pool seems to hold more speakers. ``None``: off.
 
     Raises:
         ValueError: an utterance lacks a speaker or audio, or fewer than ``n_src`` speakers.
@@ -98,9 +102,13 @@ class DynamicMixDataset(Dataset):
         mixture: MixType | None = None,
         cache_mb: float = 1024.0,
         noise_files: Sequence[str | os.PathLike] | None = None,
+        speed_factors: Sequence[float] | None = None,
     ) -> None:
         if num_items < 1:
             raise ValueError(f"DynamicMixDataset: num_items must be >= 1, got {num_items}")
+        if speed_factors is not None and (not speed_factors or min(speed_factors) <= 0):
+            raise ValueError(f"DynamicMixDataset: speed_factors must be positive numbers, got {speed_factors}")
+        self.speed_factors = None if speed_factors is None else tuple(float(f) for f in speed_factors)
         by_speaker: dict[str, list[Utterance]] = {}
         for u in utterances:
             if u.speaker is None or u.audio_filepath is None:
@@ -168,6 +176,9 @@ class DynamicMixDataset(Dataset):
         rng = self._rng(index)
         draw = self._draw(rng)
         sources = [self.cache.get(u.audio_filepath or "", u.offset, u.duration if u.offset else None) for u in draw.utterances]
+        if self.speed_factors is not None:  # a factor per source, drawn between the draw and the mixing's choices
+            factors = [self.speed_factors[int(rng.integers(len(self.speed_factors)))] for _ in sources]
+            sources = [augment.speed_perturb(torch.from_numpy(s), f, self.cfg.sample_rate).numpy() for s, f in zip(sources, factors)]
         noise = None if draw.noise is None else self.cache.get(draw.noise)
         return draw, mix_sources(sources, noise, self.cfg, rng)
 

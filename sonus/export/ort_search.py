@@ -242,6 +242,9 @@ class LASRescorer:
 
     def __init__(self, listen: ort.InferenceSession, step: ort.InferenceSession, dec_hidden: int, eos: int) -> None:
         self.listen, self.step, self.dec_hidden, self.eos = listen, step, dec_hidden, eos
+        # a decoder without input feeding, or with dot attention, ignores context_in or prev_in,
+        # and the exporter drops an unused input from the graph
+        self.step_inputs = {i.name for i in step.get_inputs()}
 
     def scores(self, enc: np.ndarray, hyps: list[list[int]]) -> list[float]:
         """LAS teacher-forced log P(tokens, <eos>) of each hypothesis (N,), unnormalised (a sum over
@@ -266,7 +269,7 @@ class LASRescorer:
         total, rows = np.zeros(N, dtype=np.float64), np.arange(N)
         for u in range(U + 1):
             lp, feed["h_in"], feed["c_in"], feed["context_in"], feed["prev_in"] = self.step.run(
-                None, feed | {"tokens": inputs[:, u]}
+                None, {k: v for k, v in (feed | {"tokens": inputs[:, u]}).items() if k in self.step_inputs}
             )
             valid = targets[:, u] >= 0
             total[valid] += lp[rows[valid], targets[valid, u]]

@@ -74,7 +74,9 @@ def _librimix(d: Mapping[str, Any], split: Split, seed: int, seg: float | None, 
             reverberant_targets=bool(dyn.get("reverberant_targets", False)), segment=seg,
         )  # fmt: skip
         mixture = d.get("mixture", "mix_clean") if dyn.get("noise") else "mix_clean"
-        return DynamicMixDataset(keep_speakers(utts, speakers), cfg, int(_get(dyn, "num_items", 2000)), seed=seed, mixture=mixture)
+        speed = dyn.get("speed_perturb")
+        return DynamicMixDataset(keep_speakers(utts, speakers), cfg, int(_get(dyn, "num_items", 2000)), seed=seed, mixture=mixture,
+                                 speed_factors=None if speed is None else [float(f) for f in speed])  # fmt: skip
     root = d.get("root")
     if not root:
         raise ValueError("data.root: the LibriMix folder (from `sonus prepare librimix` or the real LibriMix) is not set")

@@ -11,6 +11,7 @@ import torch
 
 from sonus.asr.decoding import (
     BeamSearch,
+    CTCPrefixBeamSearch,
     Decoder,
     DecodingOptions,
     Lexicon,
@@ -21,6 +22,7 @@ from sonus.asr.decoding.lexicon import OOV, ROOT, label_strings
 from sonus.asr.model import TwoPassASR
 from sonus.text.tokenizer import BLANK, CharTokenizer, SentencePieceTokenizer
 
+from .test_ctc_decoding import exact_sequence_logprobs
 from .test_model import small_config
 
 COUNTS = {"a": 4, "ab": 2, "bad": 1, "cab": 1}  # total 8
@@ -117,6 +119,44 @@ def test_fused_search_scores_split_into_rnnt_and_lm(model_and_enc, search):
             text = tok.decode(h.tokens)
             assert h.lm_score == pytest.approx(w * lex.score_text(text), abs=1e-4), text
             assert h.score == pytest.approx(h.rnnt_score + h.lm_score, abs=1e-4)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fused_ctc_prefix_search_is_exact_with_a_beam_that_keeps_every_prefix(seed):
+    """Every prefix kept and every token tried: each prefix's acoustic score is log P(y) summed
+    over all its alignments, its LM score the lexicon's score of its text, and the n-best is the
+    exact ranking by their sum."""
+    tok = CharTokenizer("ab ")
+    V, T, w = tok.vocab_size, 4, 0.6
+    lex = Lexicon(COUNTS, tok, OOV_LP, BONUS)
+    logits = torch.randn(1, T, V, generator=torch.Generator().manual_seed(seed)) * 2.0
+    logits[..., 1:3] = float("-inf")  # <unk> and <eos> are never emitted
+    lp = torch.log_softmax(logits, dim=-1)
+    exact = {y: s for y, s in exact_sequence_logprobs(lp[0]).items() if s > float("-inf")}
+    want = sorted(((y, s + w * lex.score_text(tok.decode(list(y)))) for y, s in exact.items()), key=lambda kv: -kv[1])
+    res = CTCPrefixBeamSearch(beam_size=1024, token_topk=V, lm=lex, lm_weight=w)(lp, torch.tensor([T]))[0]
+    assert len(res.nbest) == len(exact)
+    assert [tuple(h.tokens) for h in res.nbest[:5]] == [y for y, _ in want[:5]]
+    for h in res.nbest:
+        assert h.rnnt_score == pytest.approx(exact[tuple(h.tokens)], abs=1e-4)
+        assert h.lm_score == pytest.approx(w * lex.score_text(tok.decode(h.tokens)), abs=1e-4)
+        assert h.score == pytest.approx(h.rnnt_score + h.lm_score, abs=1e-4)
+    plain = CTCPrefixBeamSearch(beam_size=1024, token_topk=V)(lp, torch.tensor([T]))[0]
+    assert [tuple(h.tokens) for h in plain.nbest[:5]] == [y for y, _ in sorted(exact.items(), key=lambda kv: -kv[1])[:5]]
+    assert plain.best.lm_score is None
+
+
+def test_a_strong_lexicon_steers_a_pruned_ctc_prefix_search():
+    """Beam 8: the LM must rank the prefixes while the beam prunes, not only the survivors."""
+    tok = CharTokenizer("abcd ")
+    logits = torch.randn(4, 30, tok.vocab_size, generator=torch.Generator().manual_seed(5)) * 1.5
+    logits[..., 1:3] = float("-inf")
+    lp, lengths = torch.log_softmax(logits, dim=-1), torch.tensor([30, 24, 17, 9])
+    lex = Lexicon(COUNTS, tok, oov_logprob=-60.0, word_bonus=8.0)
+    plain = [w for r in CTCPrefixBeamSearch(8)(lp, lengths) for w in tok.decode(r.best.tokens).split()]
+    assert any(w not in COUNTS for w in plain), plain
+    fused = [w for r in CTCPrefixBeamSearch(8, lm=lex, lm_weight=1.0)(lp, lengths) for w in tok.decode(r.best.tokens).split()]
+    assert fused and all(w in COUNTS for w in fused), fused
 
 
 def test_a_strong_lexicon_turns_hypotheses_into_its_words(model_and_enc):

@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from sonus.audio.augment import speed_perturb
 from sonus.audio.io import AudioError, load_audio, save_audio
 from sonus.audio.loudness import integrated_loudness
 from sonus.audio.room import RoomConfig
@@ -234,6 +235,29 @@ def test_dynamic_mixing_draws_different_speakers_and_follows_the_epoch(corpus, n
     assert batch.sources.shape[:2] == (3, 2) and batch.mix.shape[1] == int(batch.lengths.max())
     with pytest.raises(IndexError):
         data[6]
+
+
+def test_dynamic_mixing_speed_perturbs_each_source(corpus):
+    cfg = MixConfig(sample_rate=16000, mode="max")  # max mode, whole utterances: the mixture is as long as its longest source
+    plain = DynamicMixDataset.from_librispeech(corpus, cfg, num_items=8, seed=2)
+    fast = DynamicMixDataset.from_librispeech(corpus, cfg, num_items=8, seed=2, speed_factors=[1.25])
+    either = DynamicMixDataset.from_librispeech(corpus, cfg, num_items=8, seed=2, speed_factors=[0.8, 1.25])
+    picked = set()
+    for i in range(8):
+        assert fast.draw(i) == plain.draw(i) == either.draw(i)  # the same utterances, played at another speed
+        waves = [torch.from_numpy(plain.cache.get(u.audio_filepath)) for u in plain.draw(i).utterances]
+        length = {f: [len(speed_perturb(w, f, 16000)) for w in waves] for f in (0.8, 1.0, 1.25)}
+        assert plain[i].mix.shape[0] == max(length[1.0])
+        assert fast[i].mix.shape[0] == max(length[1.25]) < max(length[1.0])
+        combos = {(f1, f2): max(length[f1][0], length[f2][1]) for f1 in (0.8, 1.25) for f2 in (0.8, 1.25)}
+        n = either[i].mix.shape[0]
+        assert n in combos.values(), (n, combos)
+        picked |= {k for k, v in combos.items() if v == n}
+    assert {f for k in picked for f in k} == {0.8, 1.25}, "both factors drawn"
+    again = DynamicMixDataset.from_librispeech(corpus, cfg, num_items=8, seed=2, speed_factors=[0.8, 1.25])
+    assert all(torch.equal(again[i].mix, either[i].mix) for i in range(8))  # deterministic
+    with pytest.raises(ValueError, match="speed_factors"):
+        DynamicMixDataset.from_librispeech(corpus, cfg, num_items=8, speed_factors=[0.0])
 
 
 def test_dynamic_mixing_from_a_manifest(corpus, tmp_path):

@@ -35,10 +35,12 @@ VARIANTS = {
     },
     # GRU predictor, pooled reduction, no LAS, SentencePiece tokenizer
     "gru_pool_sp": {"pred": "gru", "reduction_type": "pool", "las": False, "sp": True},
-    # Conformer, conv2d subsampling, one chunk of left context (a fixed cache), LAS, characters
+    # Conformer, conv2d subsampling, one chunk of left context (a fixed cache), LAS with dot
+    # attention and no input feeding, characters
     "conformer_conv2d_left1_las": {
         "conformer": {"subsampling": "conv2d", "chunk_size": 4, "left_chunks": 1},
         "las": True,
+        "las_plain": True,
         "sp": False,
     },
     # Conformer, stacked subsampling, all the past (a growing cache), GRU predictor, SentencePiece
@@ -80,8 +82,10 @@ def tiny_config(
     reduction_type: str = "stack",
     las: bool = True,
     conformer: dict | None = None,
+    las_plain: bool = False,
 ) -> ASRModelConfig:
-    """The LSTM encoder, or with ``conformer`` (:func:`tiny_conformer`'s overrides) a Conformer."""
+    """The LSTM encoder, or with ``conformer`` (:func:`tiny_conformer`'s overrides) a Conformer.
+    ``las_plain``: LAS with dot attention and no input feeding (else location, input feeding)."""
     return ASRModelConfig(
         vocab_size=vocab,
         n_mels=40,
@@ -106,6 +110,8 @@ def tiny_config(
             dec_hidden=24,
             embedding_dim=8,
             attention_dim=16,
+            attention="dot" if las_plain else "location",
+            input_feeding=not las_plain,
         ),
     )
 

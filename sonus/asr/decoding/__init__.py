@@ -10,7 +10,7 @@ on the predictor and joiner, or a :class:`CTCSearch` on the CTC head (``model.ct
     ctc_prefix_beam  CTCPrefixBeamSearch: prefix beam ``beam_size``, ``beam_size`` tokens tried a frame
 
 With a :class:`Lexicon` (word unigram LM over a lexicon, ``lexicon.py``) and ``lm_weight`` > 0, the
-beam searches add the LM's weighted score to every label (shallow fusion).
+beam searches (RNN-T and CTC prefix) add the LM's weighted score to every label (shallow fusion).
 
 The decoder binds the search to the model parts it needs (:class:`FirstPass`), so it and the
 streaming decoder drive every strategy alike. Second pass (``second_pass``): LAS rescoring of
@@ -60,15 +60,15 @@ __all__ = [
 
 def make_search(options: DecodingOptions, lm: Lexicon | None = None) -> TransducerSearch | CTCSearch:
     """The first-pass search object ``options.strategy`` names (not yet bound to a model: see :func:`bind`).
-    ``lm`` is fused into the RNN-T beam searches with ``options.lm_weight``."""
-    if lm is not None and options.lm_weight and options.strategy not in ("modified_beam", "beam"):
-        raise ValueError(f"decoding.lm_weight > 0 needs decoding.strategy=beam or modified_beam, got {options.strategy}")
+    ``lm`` is fused into the beam searches with ``options.lm_weight``."""
+    if lm is not None and options.lm_weight and options.strategy not in ("modified_beam", "beam", "ctc_prefix_beam"):
+        raise ValueError(f"decoding.lm_weight > 0 needs decoding.strategy=beam, modified_beam or ctc_prefix_beam, got {options.strategy}")
     strategies: dict[str, Callable[[], TransducerSearch | CTCSearch]] = {
         "greedy": lambda: GreedySearch(options.max_symbols_per_frame),
         "modified_beam": lambda: ModifiedBeamSearch(options.beam_size, lm, options.lm_weight),
         "beam": lambda: BeamSearch(options.beam_size, options.max_symbols_per_frame, lm, options.lm_weight),
         "ctc_greedy": lambda: CTCGreedySearch(),
-        "ctc_prefix_beam": lambda: CTCPrefixBeamSearch(options.beam_size),
+        "ctc_prefix_beam": lambda: CTCPrefixBeamSearch(options.beam_size, lm=lm, lm_weight=options.lm_weight),
     }
     return strategies[options.strategy]()
 

@@ -24,6 +24,7 @@ from typing import Generic, TypeVar
 import torch
 
 from sonus.asr.decoding.beam import extend_keys
+from sonus.asr.decoding.lexicon import ROOT, Lexicon
 from sonus.asr.decoding.search import reserve
 from sonus.asr.decoding.types import DecodeResult, Hypothesis
 from sonus.text.tokenizer import BLANK
@@ -118,6 +119,8 @@ class PrefixBeamState:
     last: torch.Tensor  # (B, K) last label of the prefix, blank for the empty prefix
     tokens: torch.Tensor  # (B*K, L) labels; a row's first lengths are its prefix, the rest scratch
     lengths: torch.Tensor  # (B*K,)
+    lm_node: torch.Tensor | None = None  # (B, K) each prefix's lexicon state (shallow fusion; None: no LM)
+    lm_score: torch.Tensor | None = None  # (B, K) its weighted LM score, not in ``blank``/``label``
 
     @property
     def scores(self) -> torch.Tensor:
@@ -140,21 +143,30 @@ class CTCPrefixBeamSearch(CTCSearch[PrefixBeamState]):
     Two prefixes merge when one extends another into a prefix already in the beam; distinct
     prefixes of the beam cannot otherwise meet, so merging compares the K kept prefixes with
     the K*C extensions only. The K best merged prefixes go on.
+
+    ``lm``: a :class:`~sonus.asr.decoding.lexicon.Lexicon` fused into the search (shallow fusion
+    on prefixes, as in Hannun et al.): a prefix extended by a label gains ``lm_weight`` times the
+    label's LM score; prefixes are ranked by log P(prefix) + their weighted LM score. A prefix's
+    LM score depends on its labels only, so merged paths share it.
     """
 
-    def __init__(self, beam_size: int = 4, token_topk: int | None = None) -> None:
+    def __init__(self, beam_size: int = 4, token_topk: int | None = None, lm: Lexicon | None = None, lm_weight: float = 0.0) -> None:
         if beam_size < 1 or (token_topk is not None and token_topk < 1):
             raise ValueError(f"beam_size and token_topk must be >= 1, got {beam_size}, {token_topk}")
         self.K, self.C = beam_size, token_topk if token_topk is not None else beam_size
+        self.lm, self.lm_weight = (lm, lm_weight) if lm is not None and lm_weight != 0.0 else (None, 0.0)
 
     def start(self, batch: int, device: torch.device) -> PrefixBeamState:
         K = self.K
         blank = torch.full((batch, K), NEG_INF, device=device)
         blank[:, 0] = 0.0  # the empty prefix, reached by the empty path
         z = torch.zeros(batch, K, dtype=torch.long, device=device)
+        if self.lm is not None:
+            self.lm.to(device)
         return PrefixBeamState(
             blank, torch.full_like(blank, NEG_INF), z, z + BLANK,
             torch.zeros(batch * K, 16, dtype=torch.long, device=device), torch.zeros(batch * K, dtype=torch.long, device=device),
+            *((z + ROOT, torch.zeros_like(blank)) if self.lm is not None else (None, None)),
         )  # fmt: skip
 
     @torch.no_grad()
@@ -194,7 +206,14 @@ class CTCPrefixBeamSearch(CTCSearch[PrefixBeamState]):
         # Candidates: K stays, then K*C extensions; the K best go on (stable: ties keep that order).
         cand_b = torch.cat([stay_b, torch.full_like(ext_n, NEG_INF)], dim=1)  # (B, K + K*C)
         cand_n = torch.cat([stay_n, ext_n], dim=1)
-        order = torch.logaddexp(cand_b, cand_n).sort(dim=1, descending=True, stable=True).indices[:, :K]  # (B, K)
+        rank = torch.logaddexp(cand_b, cand_n)
+        if s.lm_node is not None and s.lm_score is not None and self.lm is not None:
+            V = lp.shape[1]
+            gain, nxt = (x.view(B, K, V).gather(2, top[:, None, :].expand(B, K, C)) for x in self.lm.step(s.lm_node.view(-1)))
+            cand_lm = torch.cat([s.lm_score, (s.lm_score[:, :, None] + self.lm_weight * gain).view(B, K * C)], dim=1)
+            cand_node = torch.cat([s.lm_node, nxt.reshape(B, K * C)], dim=1)
+            rank = rank + cand_lm
+        order = rank.sort(dim=1, descending=True, stable=True).indices[:, :K]  # (B, K)
         is_ext = order >= K
         ar = torch.arange(K, device=lp.device)
         src = torch.where(is_ext, (order - K) // C, order)
@@ -213,14 +232,27 @@ class CTCPrefixBeamSearch(CTCSearch[PrefixBeamState]):
             torch.where(label != BLANK, label, s.last.gather(1, src)),
             tokens,
             n + (label != BLANK).view(-1).long(),
+            *(
+                (torch.where(act, cand_node.gather(1, order), s.lm_node), torch.where(act, cand_lm.gather(1, order), s.lm_score))
+                if s.lm_node is not None and self.lm is not None else (None, None)
+            ),
         )
 
     def results(self, state: PrefixBeamState) -> list[DecodeResult]:
+        """With an LM, ``score`` = log P(prefix) + ``lm_score`` (its weighted LM score, the last
+        word closed), and ``rnnt_score`` holds log P(prefix)."""
         B, K = state.blank.shape
-        scores, order = state.scores.sort(dim=1, descending=True, stable=True)
+        lm = torch.zeros_like(state.blank)
+        if self.lm is not None and state.lm_node is not None and state.lm_score is not None:
+            lm = state.lm_score + self.lm_weight * self.lm.final[state.lm_node]
+        totals, order = (state.scores + lm).sort(dim=1, descending=True, stable=True)
+        acoustic, lm = state.scores.tolist(), lm.tolist()
         lengths = state.lengths.view(B, K).tolist()
         out = []
-        for b, (row, ks) in enumerate(zip(scores.tolist(), order.tolist())):
-            hyps = [(s, k) for s, k in zip(row, ks) if s > NEG_INF]
-            out.append(DecodeResult([Hypothesis(state.tokens[b * K + k, : lengths[b][k]].tolist(), s, s) for s, k in hyps]))
+        for b, (row, ks) in enumerate(zip(totals.tolist(), order.tolist())):
+            out.append(DecodeResult([
+                Hypothesis(state.tokens[b * K + k, : lengths[b][k]].tolist(), s, acoustic[b][k],
+                           lm_score=lm[b][k] if self.lm is not None else None)
+                for s, k in zip(row, ks) if s > NEG_INF
+            ]))  # fmt: skip
         return out

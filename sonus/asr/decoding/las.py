@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from sonus.asr.decoding.types import DecodeResult, Hypothesis
-from sonus.asr.las import LAS, LASOutput, las_sequence_logprob
+from sonus.asr.las import LAS, las_sequence_logprob
 from sonus.text.tokenizer import EOS
 
 
@@ -32,14 +32,7 @@ def las_score_nbest(las: LAS, enc: torch.Tensor, lengths: torch.Tensor, results:
         targets[i, : len(h.tokens)] = torch.tensor(h.tokens, dtype=torch.long)
     tl = torch.tensor([len(h.tokens) for h in hyps], device=enc.device)
     values, keys, mask = (x[idx] for x in las.listen(enc, lengths))  # (N, T, D), (N, T, A), (N, T)
-    state, context, prev = las.initial_state(values, mask)
-    inputs = torch.cat([targets.new_full((len(hyps), 1), EOS), targets], dim=1)  # <eos> starts, as in LAS.forward
-    logits, weights = [], []
-    for u in range(U + 1):
-        lg, state, context, prev = las.step(inputs[:, u], state, context, prev, values, keys, mask)
-        logits.append(lg)
-        weights.append(prev)
-    lp = las_sequence_logprob(LASOutput(torch.stack(logits, 1), torch.stack(weights, 1)), targets, tl).tolist()
+    lp = las_sequence_logprob(las.teacher_force(values, keys, mask, targets), targets, tl).tolist()
     for h, s in zip(hyps, lp):
         h.las_score = s
 
