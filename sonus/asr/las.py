@@ -40,12 +40,12 @@ class Attention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """query (B, Hq), keys (B, T, A) pre-projected, values (B, T, D), mask (B, T), prev (B, T)
         -> context (B, D), weights (B, T)."""
-        q = self.q(query)
         if self.kind == "dot":
-            energy = (keys * q[:, None, :]).sum(-1) / keys.shape[-1] ** 0.5
-        else:
-            loc = self.loc_proj(self.loc_conv(prev[:, None, :]).transpose(1, 2))  # (B, T, A)
-            energy = self.v(torch.tanh(keys + q[:, None, :] + loc)).squeeze(-1)
+            context, w = self.all_steps(query[:, None, :], keys, values, mask)
+            return context[:, 0], w[:, 0]
+        q = self.q(query)
+        loc = self.loc_proj(self.loc_conv(prev[:, None, :]).transpose(1, 2))  # (B, T, A)
+        energy = self.v(torch.tanh(keys + q[:, None, :] + loc)).squeeze(-1)
         energy = energy.float().masked_fill(~mask, float("-inf"))
         w = torch.softmax(energy, dim=-1).to(values.dtype)
         return torch.bmm(w[:, None, :], values).squeeze(1), w
@@ -53,7 +53,7 @@ class Attention(nn.Module):
     def all_steps(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Dot attention for every decoder step at once: queries (B, U, Hq) -> contexts (B, U, D), weights (B, U, T).
 
-        The same as ``forward`` step by step (dot attention does not depend on the last weights)."""
+        ``forward`` with dot attention is this with U = 1 (it does not depend on the last weights)."""
         assert self.kind == "dot", self.kind
         energy = torch.bmm(self.q(queries), keys.transpose(1, 2)) / keys.shape[-1] ** 0.5  # (B, U, T)
         energy = energy.float().masked_fill(~mask[:, None, :], float("-inf"))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sonus.asr.decoding.lexicon import ROOT, Lexicon
+from sonus.asr.decoding.lexicon import ROOT, Lexicon, fused
 from sonus.asr.decoding.search import (
     FrameSynchronousSearch,
     feed_labels,
@@ -215,7 +215,7 @@ class _BeamSearchBase(FrameSynchronousSearch[BeamState]):
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
         self.K = beam_size
-        self.lm, self.lm_weight = (lm, lm_weight) if lm is not None and lm_weight != 0.0 else (None, 0.0)
+        self.lm, self.lm_weight = fused(lm, lm_weight)
 
     def start(self, predictor: Predictor, joiner: Joiner, batch: int, device: torch.device) -> BeamState:
         if self.lm is not None:

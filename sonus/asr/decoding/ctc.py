@@ -24,7 +24,7 @@ from typing import Generic, TypeVar
 import torch
 
 from sonus.asr.decoding.beam import extend_keys
-from sonus.asr.decoding.lexicon import ROOT, Lexicon
+from sonus.asr.decoding.lexicon import ROOT, Lexicon, fused
 from sonus.asr.decoding.search import reserve
 from sonus.asr.decoding.types import DecodeResult, Hypothesis
 from sonus.text.tokenizer import BLANK
@@ -154,7 +154,7 @@ class CTCPrefixBeamSearch(CTCSearch[PrefixBeamState]):
         if beam_size < 1 or (token_topk is not None and token_topk < 1):
             raise ValueError(f"beam_size and token_topk must be >= 1, got {beam_size}, {token_topk}")
         self.K, self.C = beam_size, token_topk if token_topk is not None else beam_size
-        self.lm, self.lm_weight = (lm, lm_weight) if lm is not None and lm_weight != 0.0 else (None, 0.0)
+        self.lm, self.lm_weight = fused(lm, lm_weight)
 
     def start(self, batch: int, device: torch.device) -> PrefixBeamState:
         K = self.K

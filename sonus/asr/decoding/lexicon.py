@@ -169,6 +169,11 @@ class Lexicon:
         return s + float(self.final[n])
 
 
+def fused(lm: Lexicon | None, weight: float) -> tuple[Lexicon | None, float]:
+    """The LM a search fuses, and its weight: ``(None, 0.0)`` without one or at weight 0."""
+    return (lm, weight) if lm is not None and weight != 0.0 else (None, 0.0)
+
+
 def count_words(texts: Iterable[str]) -> dict[str, int]:
     """Word counts of whitespace-split texts."""
     c: Counter[str] = Counter()
