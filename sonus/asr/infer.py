@@ -49,6 +49,7 @@ class DecodeSummary:
     output_path: str
     first_pass_kind: str = "rnnt"  # the head that decoded the first pass: rnnt | ctc
     strategy: str = ""  # its decoding.strategy
+    second_pass: str = "none"  # decoding.second_pass
 
 
 @torch.no_grad()
@@ -106,8 +107,9 @@ def _best(rs: list[DecodeResult]) -> list[str]:
 
 
 def tune_las_weight(ds: DecodedSet, grid: list[float], length_bonus: float = 0.0) -> tuple[float, dict[float, float]]:
-    """Pick w minimising WER of the rescored n-best on a dev set (n-best scored once)."""
-    table = {w: error_rates(ds.refs, _best(combine(ds.first, w, length_bonus))).wer for w in grid}
+    """Pick w minimising WER of the rescored n-best on a dev set (n-best scored once: the final
+    n-best keeps each hypothesis' parts, so it is only re-ranked)."""
+    table = {w: error_rates(ds.refs, _best(combine(ds.final, w, length_bonus))).wer for w in grid}
     best = min(table, key=lambda w: (table[w], abs(w - 0.5)))
     return best, table
 
@@ -171,7 +173,7 @@ def run_decode(mode: str, cfg) -> DecodeSummary:
         if not lm_cfg.get("text"):
             raise ValueError("decoding.lm.weight > 0 needs decoding.lm.text (transcripts to build the lexicon from)")
         kw["lm"] = load_lexicon(lm_cfg.text, tok, norm, float(lm_cfg.get("oov_logprob", -20.0)), float(lm_cfg.get("word_bonus", 0.0)))
-    if mode == "two_pass" and cfg.decoding.get("tune") and opts.second_pass == "rescore":
+    if mode == "two_pass" and cfg.decoding.get("tune") and opts.second_pass in ("rescore", "union"):
         if not d.get("dev_manifest"):
             raise ValueError("decoding.tune=true needs data.dev_manifest (w is chosen on dev, never on test)")
         dev = decode_manifest(model, tok, d.dev_manifest, opts, norm, **kw)
@@ -183,7 +185,9 @@ def run_decode(mode: str, cfg) -> DecodeSummary:
     write_results(cfg.output_path, ds)
     first, final = error_rates(ds.refs, _best(ds.first)), error_rates(ds.refs, _best(ds.final))
     las_w = opts.las_weight if mode == "two_pass" else None
-    summary = DecodeSummary(mode, len(ds.ids), first, final, las_w, str(cfg.output_path), opts.first_pass_kind, opts.strategy)
+    summary = DecodeSummary(
+        mode, len(ds.ids), first, final, las_w, str(cfg.output_path), opts.first_pass_kind, opts.strategy, opts.second_pass
+    )
     beam = "" if opts.strategy.endswith("greedy") else f", beam {opts.beam_size}"
     lm = f", lexicon LM x{opts.lm_weight:g}" if opts.lm_weight else ""
     rows = [(f"{opts.first_pass_kind} ({opts.strategy}{beam}{lm})", first)]
@@ -202,4 +206,5 @@ def _summary_dict(s: DecodeSummary) -> dict:
     return {
         "mode": s.mode, "utterances": s.utterances, "first_pass_kind": s.first_pass_kind, "strategy": s.strategy,
         "rnnt": er(s.first_pass), "final": er(s.final), "las_weight": s.las_weight, "output_path": s.output_path,
+        "second_pass": s.second_pass,
     }  # fmt: skip

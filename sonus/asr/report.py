@@ -21,7 +21,11 @@ def report(exp: str | Path) -> list[tuple[str, ErrorRates]]:
         if s["mode"] == "rnnt":
             rows.append(("RNN-T beam (first pass)", ErrorRates(**s["final"])))
         else:
-            rows.append((f"two-pass: RNN-T + LAS rescoring (w={s['las_weight']:.2f})", ErrorRates(**s["final"])))
+            how = {
+                "union": "RNN-T n-best + LAS beam, rescored by both",
+                "las_beam": "LAS beam search",
+            }.get(s.get("second_pass", "rescore"), "RNN-T + LAS rescoring")
+            rows.append((f"two-pass: {how} (w={s['las_weight']:.2f})", ErrorRates(**s["final"])))
     if not rows:
         raise SystemExit(f"no decode summaries in {exp}")
     print_table(rows, f"held-out test set, {exp}")

@@ -1,5 +1,5 @@
 """Decoding: batched searches == a plain per-utterance reference, batched == one at a time,
-beam 1 == greedy, rescoring arithmetic, LAS beam."""
+beam 1 == greedy, rescoring arithmetic, LAS beam, exact first-pass scores, the union second pass."""
 
 from __future__ import annotations
 
@@ -15,10 +15,13 @@ from sonus.asr.decoding import (
     GreedySearch,
     ModifiedBeamSearch,
 )
+from sonus.asr.decoding import first_pass as first_pass_module
 from sonus.asr.decoding.beam import extend_keys
+from sonus.asr.decoding.first_pass import bind
 from sonus.asr.decoding.las import LASBeamSearch, combine, las_score_nbest
+from sonus.asr.decoding.lexicon import Lexicon
 from sonus.asr.las import las_sequence_logprob
-from sonus.asr.loss import rnnt_loss
+from sonus.asr.loss import rnnt_loss, rnnt_loss_reference
 from sonus.asr.model import TwoPassASR
 from sonus.text.tokenizer import BLANK, CharTokenizer
 
@@ -282,3 +285,80 @@ def test_beam_scores_never_exceed_the_sequence_probability(setup):
             assert h.score <= float(logp) + 1e-4, (h.score, float(logp))
             checked += 1
     assert checked == 12
+
+
+def _teacher_forced_las(model, enc, b: int, tokens: list[int]) -> float:
+    T = int(enc.lengths[b])
+    tgt = torch.tensor([tokens or [0]])
+    out = model.las(enc.enc[b : b + 1, :T], enc.lengths[b : b + 1], tgt)
+    return float(las_sequence_logprob(out, tgt, torch.tensor([len(tokens)])))
+
+
+def _exact_rnnt(model, enc, b: int, tokens: list[int]) -> float:
+    """log P(y | x) by the plain reference loss, one sequence at a time."""
+    T = int(enc.lengths[b])
+    y = torch.tensor([tokens or [0]])
+    logits = model.joiner(enc.enc[b : b + 1, :T], model.predictor(y))
+    return -float(rnnt_loss_reference(logits, y.int(), torch.tensor([T]), torch.tensor([len(tokens)])))
+
+
+def test_transducer_first_pass_scores_are_exact(setup, monkeypatch):
+    """Packed rows of different lengths, across chunk boundaries, score like one at a time."""
+    model, _, enc = setup
+    monkeypatch.setattr(first_pass_module, "SCORE_CHUNK", 2)
+    seqs = [(0, [3, 4, 5]), (1, []), (2, [7]), (0, [6, 6, 3, 8, 4]), (1, [3, 3])]
+    owner = torch.tensor([b for b, _ in seqs])
+    targets = torch.zeros(len(seqs), 5, dtype=torch.long)
+    for i, (_, t) in enumerate(seqs):
+        targets[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+    tl = torch.tensor([len(t) for _, t in seqs])
+    first = bind(ModifiedBeamSearch(2), model)
+    with torch.no_grad():
+        got = first.score(enc.enc[owner], enc.lengths[owner], targets, tl).tolist()
+        want = [_exact_rnnt(model, enc, b, t) for b, t in seqs]
+    assert got == pytest.approx(want, abs=1e-4)
+
+
+@pytest.mark.parametrize("with_lm", [False, True])
+def test_union_second_pass_scores_both_lists_with_both_models(setup, with_lm):
+    model, tok, enc = setup
+    lm = Lexicon({"ab": 3, "cab": 2, "dee": 1}, tok, oov_logprob=-6.0, word_bonus=1.0) if with_lm else None
+    w = 0.6
+    opts = DecodingOptions(beam_size=3, las_beam_size=3, las_max_len_ratio=0.5, second_pass="union", las_weight=w,
+                           lm_weight=0.5 if with_lm else 0.0)  # fmt: skip
+    dec = Decoder(model, tok, opts, lm)
+    with torch.no_grad():
+        first, final = dec.decode_encoded(enc)
+        las_beam = LASBeamSearch(3, 0.5, lm, opts.lm_weight)(model.las, enc.enc, enc.lengths)  # the LM fused, as in the decoder
+        for b, (f, l, r) in enumerate(zip(first, las_beam, final)):
+            proposed = {tuple(h.tokens) for h in f.nbest} | {tuple(h.tokens) for h in l.nbest}
+            assert {tuple(h.tokens) for h in r.nbest} == proposed
+            assert len(r.nbest) == len(proposed) > len(f.nbest)  # LAS added hypotheses the first pass lacked
+            for h in r.nbest:
+                assert h.text == tok.decode(h.tokens)
+                assert h.rnnt_score == pytest.approx(_exact_rnnt(model, enc, b, h.tokens), abs=1e-4)
+                assert h.las_score == pytest.approx(_teacher_forced_las(model, enc, b, h.tokens), abs=1e-4)
+                lm_score = 0.5 * lm.score_text(h.text) if with_lm else 0.0
+                assert (h.lm_score or 0.0) == pytest.approx(lm_score, abs=1e-5)
+                assert h.score == pytest.approx((1 - w) * h.rnnt_score + w * h.las_score + lm_score, abs=1e-4)
+            scores = [h.score for h in r.nbest]
+            assert scores == sorted(scores, reverse=True)
+
+
+def test_las_beam_with_lm_splits_scores_and_spells_lexicon_words(setup):
+    model, tok, enc = setup
+    lm = Lexicon({"ab": 3, "cab": 2, "dee": 1}, tok, oov_logprob=-20.0, word_bonus=1.0)
+    plain = LASBeamSearch(3, 1.0)(model.las, enc.enc, enc.lengths)
+    strong = LASBeamSearch(3, 1.0, lm, lm_weight=2.0)(model.las, enc.enc, enc.lengths)
+    spelt = [tok.decode(h.tokens) for r in plain for h in r.nbest]
+    assert any(w not in ("ab", "cab", "dee") for t in spelt for w in t.split())  # the model alone spells non-words
+    words = []
+    for b, r in enumerate(strong):
+        for h in r.nbest:
+            text = tok.decode(h.tokens)
+            words += text.split()
+            assert all(w in ("ab", "cab", "dee") for w in text.split()), text
+            assert h.lm_score == pytest.approx(2.0 * lm.score_text(text), abs=1e-4)
+            assert h.las_score == pytest.approx(_teacher_forced_las(model, enc, b, h.tokens), abs=1e-4)
+            assert h.score == pytest.approx(h.las_score + h.lm_score, abs=1e-4)
+    assert len(words) >= 3

@@ -10,11 +10,12 @@ on the predictor and joiner, or a :class:`CTCSearch` on the CTC head (``model.ct
     ctc_prefix_beam  CTCPrefixBeamSearch: prefix beam ``beam_size``, ``beam_size`` tokens tried a frame
 
 With a :class:`Lexicon` (word unigram LM over a lexicon, ``lexicon.py``) and ``lm_weight`` > 0, the
-beam searches (RNN-T and CTC prefix) add the LM's weighted score to every label (shallow fusion).
+beam searches (RNN-T, CTC prefix and LAS) add the LM's weighted score to every label (shallow fusion).
 
 The decoder binds the search to the model parts it needs (:class:`FirstPass`), so it and the
 streaming decoder drive every strategy alike. Second pass (``second_pass``): LAS rescoring of
-the n-best (after a CTC first pass: WeNet's attention rescoring), LAS beam search, or none.
+the n-best (after a CTC first pass: WeNet's attention rescoring), LAS beam search, the union of
+both n-best lists rescored by both models (and the lexicon LM, if any), or none.
 """
 
 from __future__ import annotations
@@ -38,8 +39,14 @@ from sonus.asr.decoding.first_pass import (
     bind,
 )
 from sonus.asr.decoding.greedy import GreedySearch, GreedyState
-from sonus.asr.decoding.las import LASBeamSearch, combine, las_score_nbest
-from sonus.asr.decoding.lexicon import Lexicon, count_words
+from sonus.asr.decoding.las import (
+    LASBeamSearch,
+    combine,
+    first_pass_score_nbest,
+    las_score_nbest,
+    union_nbest,
+)
+from sonus.asr.decoding.lexicon import Lexicon, count_words, fused
 from sonus.asr.decoding.search import TransducerSearch
 from sonus.asr.decoding.types import (
     CTC_STRATEGIES,
@@ -82,6 +89,7 @@ class Decoder:
 
     def __init__(self, model: TwoPassASR, tokenizer: Tokenizer, options: DecodingOptions, lm: Lexicon | None = None) -> None:
         self.model, self.tokenizer, self.opts = model, tokenizer, options
+        self.lm, self.lm_weight = fused(lm, options.lm_weight)
         self.first_search = bind(make_search(options, lm), model, options.strategy)  # start(B, device), run(enc, lengths, state), results
         if options.second_pass != "none" and model.las is None:
             raise ValueError("decoding.second_pass needs a model with LAS (model.las.enabled=true)")
@@ -104,8 +112,18 @@ class Decoder:
         if o.second_pass == "none":
             return first
         assert las is not None, "checked in __init__"
+        las_beam = LASBeamSearch(o.las_beam_size, o.las_max_len_ratio, self.lm, self.lm_weight)
         if o.second_pass == "las_beam":
-            return self.texts(LASBeamSearch(o.las_beam_size, o.las_max_len_ratio)(las, enc.enc, enc.lengths))
+            return self.texts(las_beam(las, enc.enc, enc.lengths))
+        if o.second_pass == "union":
+            # the LAS beam's hypotheses have no first-pass score, and the search's are partial
+            # sums: score all of them exactly, and with the LM, so that they compare fairly
+            las_nbest = self.texts(las_beam(las, enc.enc, enc.lengths))
+            first = union_nbest(first, las_nbest)
+            first_pass_score_nbest(self.first_search, enc.enc, enc.lengths, first)
+            if self.lm is not None:
+                for h in (h for r in first for h in r.nbest):
+                    h.lm_score = self.lm_weight * self.lm.score_text(h.text)
         las_score_nbest(las, enc.enc, enc.lengths, first)
         return self.texts(combine(first, o.las_weight, o.length_bonus))
 

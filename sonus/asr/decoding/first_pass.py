@@ -8,7 +8,10 @@ hold one object whatever the strategy::
     state = first.run(enc, lengths, state)  # offline once; streaming once a chunk
     results = first.results(state)
 
-Shapes: B batch, T encoder frames, H encoder width, V vocabulary.
+``score`` gives the exact log P(y | x) of given label sequences (the sum over all their
+alignments), for hypotheses the search did not score itself (the union second pass).
+
+Shapes: B batch, T encoder frames, H encoder width, U labels, V vocabulary.
 """
 
 from __future__ import annotations
@@ -18,13 +21,18 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from sonus.asr.decoding.ctc import CTCSearch
 from sonus.asr.decoding.search import TransducerSearch
 from sonus.asr.decoding.types import DecodeResult
 from sonus.asr.joiner import Joiner
+from sonus.asr.loss import rnnt_loss
 from sonus.asr.model import TwoPassASR
 from sonus.asr.predictor import Predictor
+from sonus.text.tokenizer import BLANK
+
+SCORE_CHUNK = 32  # sequences scored at a time: the transducer's joint is (SCORE_CHUNK, T, U+1, V)
 
 
 class FirstPass(ABC):
@@ -41,6 +49,20 @@ class FirstPass(ABC):
     @abstractmethod
     def results(self, state: Any) -> list[DecodeResult]:
         """N-best list of every utterance so far, best first."""
+
+    @abstractmethod
+    def _score(self, enc: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor) -> torch.Tensor:
+        """log P(targets[n] | enc[n]) (N,) for N rows; targets (N, U) padded."""
+
+    @torch.no_grad()
+    def score(self, enc: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor) -> torch.Tensor:
+        """Exact log P(y | x) (N,) of targets (N, U) (padded, target_lengths (N,)) given enc (N, T, H)
+        with lengths (N,): one row per sequence, in chunks of ``SCORE_CHUNK`` rows; fp32."""
+        out = [
+            self._score(enc[i : i + SCORE_CHUNK], lengths[i : i + SCORE_CHUNK], targets[i : i + SCORE_CHUNK], target_lengths[i : i + SCORE_CHUNK])
+            for i in range(0, enc.shape[0], SCORE_CHUNK)
+        ]
+        return torch.cat(out) if out else torch.zeros(0, device=enc.device)
 
     @torch.no_grad()
     def __call__(self, enc: torch.Tensor, lengths: torch.Tensor) -> list[DecodeResult]:
@@ -62,6 +84,10 @@ class TransducerFirstPass(FirstPass):
     def results(self, state: Any) -> list[DecodeResult]:
         return self.search.results(state)
 
+    def _score(self, enc, lengths, targets, target_lengths):
+        logits = self.joiner(enc, self.predictor(targets))  # (N, T, U+1, V)
+        return -rnnt_loss(logits, targets.int(), lengths.int(), target_lengths.int(), blank=BLANK, reduction="none")
+
 
 class CTCFirstPass(FirstPass):
     """A CTC search over the posteriors ``log_probs`` gives: enc (B, T, H) -> (B, T, V) log-probabilities,
@@ -79,6 +105,11 @@ class CTCFirstPass(FirstPass):
 
     def results(self, state: Any) -> list[DecodeResult]:
         return self.search.results(state)
+
+    def _score(self, enc, lengths, targets, target_lengths):
+        lp = self.log_probs(enc).transpose(0, 1)  # (T, N, V)
+        # -inf where no alignment fits (more labels than frames allow)
+        return -F.ctc_loss(lp, targets, lengths, target_lengths, blank=BLANK, reduction="none", zero_infinity=False)
 
 
 def bind(search: TransducerSearch | CTCSearch, model: TwoPassASR, strategy: str = "") -> FirstPass:

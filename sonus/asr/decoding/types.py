@@ -7,7 +7,7 @@ from typing import Literal, get_args
 
 Strategy = Literal["greedy", "modified_beam", "beam", "ctc_greedy", "ctc_prefix_beam"]
 CTC_STRATEGIES = ("ctc_greedy", "ctc_prefix_beam")  # first pass on the CTC head, not the transducer
-SecondPass = Literal["none", "rescore", "las_beam"]
+SecondPass = Literal["none", "rescore", "las_beam", "union"]
 
 
 @dataclass(frozen=True)
