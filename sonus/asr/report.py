@@ -22,7 +22,7 @@ def report(exp: str | Path) -> list[tuple[str, ErrorRates]]:
             rows.append(("RNN-T beam (first pass)", ErrorRates(**s["final"])))
         else:
             how = {
-                "union": "RNN-T n-best + LAS beam, rescored by both",
+                "union": "union of RNN-T and LAS n-best",
                 "las_beam": "LAS beam search",
             }.get(s.get("second_pass", "rescore"), "RNN-T + LAS rescoring")
             rows.append((f"two-pass: {how} (w={s['las_weight']:.2f})", ErrorRates(**s["final"])))

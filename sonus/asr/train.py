@@ -88,6 +88,7 @@ def decoding_options_from(d: DictConfig, default_second_pass: str = "rescore") -
         second_pass=d.get("second_pass") or default_second_pass,
         las_weight=float(d.las_weight),
         las_beam_size=int(d.beam_size_las),
+        las_max_len_ratio=float(d.get("las_max_len_ratio", DecodingOptions.las_max_len_ratio)),
         length_bonus=float(d.get("length_bonus", 0.0)),
         lm_weight=float((d.get("lm") or {}).get("weight", 0.0)),
     )

@@ -22,7 +22,7 @@ class DecodingOptions:
     second_pass: SecondPass = "rescore"
     las_weight: float = 0.5
     las_beam_size: int = 4
-    las_max_len_ratio: float = 1.5  # LAS beam: max tokens per encoder frame
+    las_max_len_ratio: float = 3.0  # LAS beam: max tokens per encoder frame (characters at 80 ms frames: about 1.3)
     length_bonus: float = 0.0  # added per token to the rescored score
     lm_weight: float = 0.0  # shallow fusion of a lexicon LM in the beam searches (0: none; the Decoder's ``lm``)
 
