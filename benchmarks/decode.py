@@ -9,6 +9,8 @@ Systems, each timed from the waveform (features + encoder + search [+ LAS]):
     modified_beam   modified beam search (at most one label a frame), beam 4
     beam            time-synchronous beam search, beam 4, up to --max-symbols labels a frame
     two_pass        modified beam 4, then LAS rescores its 4-best (w = 0.5)
+    union           make demo's second pass (no LM): beam 4 and LAS beam search 8, the union of
+                    both n-best lists scored by both models (w = 0.6)
     streaming       sonus.asr.StreamingDecoder: 160 ms chunks, modified beam 4, LAS rescoring at
                     the end. Latency is the time from a chunk's arrival to its partial result
                     (p50/p95 over all chunks); "final" the time from the end of the stream to the
@@ -116,7 +118,7 @@ def main() -> None:
     ap.add_argument("--manifest", default="data/synth/test.jsonl")
     ap.add_argument("--num", type=int, default=64, help="utterances (the manifest's first)")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
-    ap.add_argument("--systems", default="encoder,greedy,modified_beam,beam,two_pass,streaming")
+    ap.add_argument("--systems", default="encoder,greedy,modified_beam,beam,two_pass,union,streaming")
     ap.add_argument("--beam", type=int, default=4)
     ap.add_argument("--max-symbols", type=int, default=4, help="greedy and beam: labels per frame (the demo decodes with 4)")
     ap.add_argument("--chunk-ms", type=float, default=160.0)
@@ -141,6 +143,7 @@ def main() -> None:
         "modified_beam": replace(base, strategy="modified_beam"),
         "beam": replace(base, strategy="beam"),
         "two_pass": replace(base, strategy="modified_beam", second_pass="rescore", las_weight=0.5),
+        "union": replace(base, strategy="beam", second_pass="union", las_beam_size=8, las_weight=0.6),
     }
     systems = [s for s in a.systems.split(",") if s]
     rows: list[tuple[str, int, float, float | None, list[float] | None, list[float] | None]] = []
