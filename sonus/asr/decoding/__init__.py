@@ -91,6 +91,7 @@ class Decoder:
         self.model, self.tokenizer, self.opts = model, tokenizer, options
         self.lm, self.lm_weight = fused(lm, options.lm_weight)
         self.first_search = bind(make_search(options, lm), model, options.strategy)  # start(B, device), run(enc, lengths, state), results
+        self.las_beam = LASBeamSearch(options.las_beam_size, options.las_max_len_ratio, self.lm, self.lm_weight)  # las_beam, union
         if options.second_pass != "none" and model.las is None:
             raise ValueError("decoding.second_pass needs a model with LAS (model.las.enabled=true)")
 
@@ -112,13 +113,12 @@ class Decoder:
         if o.second_pass == "none":
             return first
         assert las is not None, "checked in __init__"
-        las_beam = LASBeamSearch(o.las_beam_size, o.las_max_len_ratio, self.lm, self.lm_weight)
         if o.second_pass == "las_beam":
-            return self.texts(las_beam(las, enc.enc, enc.lengths))
+            return self.texts(self.las_beam(las, enc.enc, enc.lengths))
         if o.second_pass == "union":
             # the LAS beam's hypotheses have no first-pass score, and the search's are partial
             # sums: score all of them exactly, and with the LM, so that they compare fairly
-            las_nbest = self.texts(las_beam(las, enc.enc, enc.lengths))
+            las_nbest = self.texts(self.las_beam(las, enc.enc, enc.lengths))
             first = union_nbest(first, las_nbest)
             first_pass_score_nbest(self.first_search, enc.enc, enc.lengths, first)
             if self.lm is not None:

@@ -19,7 +19,7 @@ import torch
 
 from sonus.asr.decoding.first_pass import FirstPass
 from sonus.asr.decoding.lexicon import ROOT, Lexicon, fused
-from sonus.asr.decoding.types import DecodeResult, Hypothesis
+from sonus.asr.decoding.types import DecodeResult, DecodingOptions, Hypothesis
 from sonus.asr.las import LAS, las_sequence_logprob
 from sonus.text.tokenizer import EOS
 
@@ -106,7 +106,9 @@ class LASBeamSearch:
     every label adds ``lm_weight`` times its lexicon score, <eos> the score of closing the last
     word. A result's ``score`` is the sum, ``las_score`` the LAS part and ``lm_score`` the LM's."""
 
-    def __init__(self, beam_size: int = 4, max_len_ratio: float = 1.5, lm: Lexicon | None = None, lm_weight: float = 0.0) -> None:
+    def __init__(
+        self, beam_size: int = 4, max_len_ratio: float = DecodingOptions.las_max_len_ratio, lm: Lexicon | None = None, lm_weight: float = 0.0
+    ) -> None:
         self.K, self.max_len_ratio = beam_size, max_len_ratio
         self.lm, self.lm_weight = fused(lm, lm_weight)
 
@@ -130,14 +132,17 @@ class LASBeamSearch:
             logits, state, context, prev = las.step(tokens, state, context, prev, values, keys, mask)
             lp = torch.log_softmax(logits.float(), dim=-1)  # (B*K, V)
             V = lp.shape[-1]
-            lm_lp = torch.zeros_like(lp)
+            cand = scores.view(-1, 1) + lp  # (B*K, V)
             if lm is not None:
                 lm_score, lm_next = lm.step(nodes)  # (B*K, V) each
                 lm_score[:, EOS] = lm.final[nodes]  # <eos> closes the last word
                 lm_lp = self.lm_weight * lm_score
-            cand = (scores.view(-1, 1) + lp + lm_lp).view(B, K * V)
-            top_s, top_i = cand.topk(2 * K, dim=-1)
-            cand_lm = (lm_part.view(-1, 1) + lm_lp).view(B, K * V).gather(1, top_i).cpu().tolist()
+                cand = cand + lm_lp
+            top_s, top_i = cand.view(B, K * V).topk(2 * K, dim=-1)
+            if lm is not None:  # each candidate's LM share, to split its score at the end
+                cand_lm = (lm_part.view(-1, 1) + lm_lp).view(B, K * V).gather(1, top_i).cpu().tolist()
+            else:
+                cand_lm = [[0.0] * top_i.shape[1]] * B
             src = torch.zeros(B, K, dtype=torch.long)
             nxt = torch.full((B, K), EOS, dtype=torch.long)
             new_scores = torch.full((B, K), float("-inf"))
