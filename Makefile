@@ -27,7 +27,7 @@ demo: setup
 	$(BIN)/sonus decode rnnt model.checkpoint=$(EXP)/best.ckpt data.test_manifest=$(SYNTH)/test.jsonl \
 		decoding.beam_size=4 $(LM) output_path=$(EXP)/decode_rnnt.jsonl
 	$(BIN)/sonus decode two_pass model.checkpoint=$(EXP)/best.ckpt data.test_manifest=$(SYNTH)/test.jsonl \
-		data.dev_manifest=$(SYNTH)/dev.jsonl decoding.tune=true decoding.second_pass=union \
+		data.dev_manifest=$(SYNTH)/dev.jsonl decoding.tune=true "decoding.tune_length_bonus=[0,0.25,0.5,1]" decoding.second_pass=union \
 		decoding.beam_size_rnnt=4 decoding.beam_size_las=8 $(LM) output_path=$(EXP)/decode_2pass.jsonl
 	$(BIN)/python -m sonus.asr.report $(EXP)
 

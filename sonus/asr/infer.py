@@ -50,6 +50,7 @@ class DecodeSummary:
     first_pass_kind: str = "rnnt"  # the head that decoded the first pass: rnnt | ctc
     strategy: str = ""  # its decoding.strategy
     second_pass: str = "none"  # decoding.second_pass
+    length_bonus: float = 0.0  # decoding.length_bonus (tuned with tune_length_bonus)
 
 
 @torch.no_grad()
@@ -106,12 +107,17 @@ def _best(rs: list[DecodeResult]) -> list[str]:
     return [r.best.text if r.nbest else "" for r in rs]
 
 
-def tune_las_weight(ds: DecodedSet, grid: list[float], length_bonus: float = 0.0) -> tuple[float, dict[float, float]]:
-    """Pick w minimising WER of the rescored n-best on a dev set (n-best scored once: the final
-    n-best keeps each hypothesis' parts, so it is only re-ranked)."""
-    table = {w: error_rates(ds.refs, _best(combine(ds.final, w, length_bonus))).wer for w in grid}
-    best = min(table, key=lambda w: (table[w], abs(w - 0.5)))
-    return best, table
+def tune_las_weight(
+    ds: DecodedSet, grid: list[float], length_bonus: float | list[float] = 0.0
+) -> tuple[float, float, dict[tuple[float, float], float]]:
+    """Pick w, and the per-label length bonus from ``length_bonus`` when it is a list, minimising
+    WER of the rescored n-best on a dev set (n-best scored once: the final n-best keeps each
+    hypothesis' parts, so it is only re-ranked). Ties go to w nearest 0.5, then the smallest
+    bonus. Returns (w, bonus, {(w, bonus): WER})."""
+    bonuses = list(length_bonus) if isinstance(length_bonus, (list, tuple)) else [length_bonus]
+    table = {(w, b): error_rates(ds.refs, _best(combine(ds.final, w, b))).wer for w in grid for b in bonuses}
+    w, b = min(table, key=lambda k: (table[k], abs(k[0] - 0.5), abs(k[1])))
+    return w, b, table
 
 
 def write_results(path: str | Path, ds: DecodedSet) -> None:
@@ -178,21 +184,25 @@ def run_decode(mode: str, cfg) -> DecodeSummary:
             raise ValueError("decoding.tune=true needs data.dev_manifest (w is chosen on dev, never on test)")
         dev = decode_manifest(model, tok, d.dev_manifest, opts, norm, **kw)
         grid = [round(0.1 * i, 2) for i in range(11)]
-        w, table = tune_las_weight(dev, grid, opts.length_bonus)
-        log.info("tuned las_weight on %s: %s -> w=%.2f", d.dev_manifest, {k: round(100 * v, 2) for k, v in table.items()}, w)
-        opts = replace(opts, las_weight=w)
+        bonuses = [float(b) for b in cfg.decoding.get("tune_length_bonus") or [opts.length_bonus]]
+        w, bonus, table = tune_las_weight(dev, grid, bonuses)
+        log.info("tuned on %s: WER %% by (w, length bonus) %s -> w=%.2f, bonus=%g", d.dev_manifest,
+                 {k: round(100 * v, 2) for k, v in table.items()}, w, bonus)  # fmt: skip
+        opts = replace(opts, las_weight=w, length_bonus=bonus)
     ds = decode_manifest(model, tok, d.test_manifest, opts, norm, **kw)
     write_results(cfg.output_path, ds)
     first, final = error_rates(ds.refs, _best(ds.first)), error_rates(ds.refs, _best(ds.final))
     las_w = opts.las_weight if mode == "two_pass" else None
     summary = DecodeSummary(
-        mode, len(ds.ids), first, final, las_w, str(cfg.output_path), opts.first_pass_kind, opts.strategy, opts.second_pass
+        mode, len(ds.ids), first, final, las_w, str(cfg.output_path), opts.first_pass_kind, opts.strategy, opts.second_pass,
+        opts.length_bonus if mode == "two_pass" else 0.0,
     )
     beam = "" if opts.strategy.endswith("greedy") else f", beam {opts.beam_size}"
     lm = f", lexicon LM x{opts.lm_weight:g}" if opts.lm_weight else ""
     rows = [(f"{opts.first_pass_kind} ({opts.strategy}{beam}{lm})", first)]
     if mode == "two_pass":
-        rows.append((f"two-pass ({opts.second_pass}, w={opts.las_weight:.2f})", final))
+        bonus = f", length bonus {opts.length_bonus:g}" if opts.length_bonus else ""
+        rows.append((f"two-pass ({opts.second_pass}, w={opts.las_weight:.2f}{bonus})", final))
     print_table(rows, f"{d.test_manifest}: {len(ds.ids)} utterances")
     summary_path = Path(str(cfg.output_path)).with_suffix(".summary.json")
     summary_path.write_text(json.dumps(_summary_dict(summary), indent=2) + "\n")
@@ -206,5 +216,5 @@ def _summary_dict(s: DecodeSummary) -> dict:
     return {
         "mode": s.mode, "utterances": s.utterances, "first_pass_kind": s.first_pass_kind, "strategy": s.strategy,
         "rnnt": er(s.first_pass), "final": er(s.final), "las_weight": s.las_weight, "output_path": s.output_path,
-        "second_pass": s.second_pass,
+        "second_pass": s.second_pass, "length_bonus": s.length_bonus,
     }  # fmt: skip

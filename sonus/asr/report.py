@@ -25,7 +25,8 @@ def report(exp: str | Path) -> list[tuple[str, ErrorRates]]:
                 "union": "union of RNN-T and LAS n-best",
                 "las_beam": "LAS beam search",
             }.get(s.get("second_pass", "rescore"), "RNN-T + LAS rescoring")
-            rows.append((f"two-pass: {how} (w={s['las_weight']:.2f})", ErrorRates(**s["final"])))
+            bonus = f", length bonus {s['length_bonus']:g}" if s.get("length_bonus") else ""
+            rows.append((f"two-pass: {how} (w={s['las_weight']:.2f}{bonus})", ErrorRates(**s["final"])))
     if not rows:
         raise SystemExit(f"no decode summaries in {exp}")
     print_table(rows, f"held-out test set, {exp}")

@@ -39,7 +39,7 @@ from sonus.text.tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
-from sonus.train.trainer import build_trainer, resume_path, start_run
+from sonus.train.trainer import RunData, build_trainer, resume_path, start_run
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def train(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
     )
     module = ASRLightning(model, tok, optim, opts, decoding_options_from(cfg.decoding))
     ckpt = resume_path(t, out)
-    trainer.fit(module, train_dl, dev_dl, ckpt_path=ckpt)
+    trainer.fit(module, datamodule=RunData(train_dl, dev_dl), ckpt_path=ckpt)
     if module.skipped:
         log.warning("%d unreadable utterances were skipped: %s", len(module.skipped), sorted(module.skipped)[:10])
     return out

@@ -19,7 +19,7 @@ from sonus.codec.model import CodecConfig, SpeechTokenizer
 from sonus.codec.quantize import RVQConfig
 from sonus.data.audio_dataset import AudioSegmentDataset, split_utterances
 from sonus.data.manifest import Utterance, read_manifest
-from sonus.train.trainer import build_trainer, resume_path, start_run
+from sonus.train.trainer import RunData, build_trainer, resume_path, start_run
 
 log = logging.getLogger(__name__)
 
@@ -80,5 +80,5 @@ def train(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
     opts = CodecTrainOptions(weights=dict(cfg.model.loss_weights), plot_dir=str(out / "plots"), adversarial=adversarial, grad_clip=float(t.grad_clip))
     module = CodecLightning(model, optim, opts)
     ckpt = resume_path(t, out)
-    trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt)
+    trainer.fit(module, datamodule=RunData(train_dl, val_dl), ckpt_path=ckpt)
     return out

@@ -17,7 +17,7 @@ from sonus.separation.lightning import (
     SepTrainOptions,
 )
 from sonus.separation.models import build_model
-from sonus.train.trainer import build_trainer, resume_path, start_run
+from sonus.train.trainer import RunData, build_trainer, resume_path, start_run
 
 log = logging.getLogger(__name__)
 
@@ -65,5 +65,5 @@ def train(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
     )  # fmt: skip
     module = SeparationLightning(model, optim, opts)
     ckpt = resume_path(t, out)
-    trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt)
+    trainer.fit(module, datamodule=RunData(train_dl, val_dl), ckpt_path=ckpt)
     return out

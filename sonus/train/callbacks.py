@@ -18,6 +18,11 @@ class TimeBudget(pl.Callback):
     A validation is assumed to last as long as the last one. In an epoch that would not
     validate (``check_val_every_n_epoch`` > 1) the stop makes it validate too (validation
     every epoch from then on), so every run ends with one.
+
+    The time spent is saved in checkpoints (like Lightning's ``Timer``): a resumed run
+    spends what is left of the budget, and a finished run started again stops at once.
+    :meth:`elapsed` is the clock of ``training.lr_decay=budget``, so the learning rate
+    resumes where it was too.
     """
 
     def __init__(self, minutes: float) -> None:
@@ -25,9 +30,23 @@ class TimeBudget(pl.Callback):
         self.start = self.last = 0.0
         self.val_seconds = 0.0  # the last validation's duration
         self._val_start: float | None = None
+        self._spent = 0.0  # seconds spent before this process (restored from a checkpoint)
+        self._started = False
+
+    def elapsed(self) -> float:
+        """Seconds of the budget spent, by earlier runs of this training included."""
+        return time.monotonic() - self.start if self._started else self._spent
+
+    def state_dict(self) -> dict:
+        return {"elapsed": self.elapsed(), "val_seconds": self.val_seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._spent = float(state.get("elapsed", 0.0))
+        self.val_seconds = float(state.get("val_seconds", 0.0))
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        self.start = self.last = time.monotonic()
+        self.last = time.monotonic()
+        self.start, self._started = self.last - self._spent, True
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._val_start = None if trainer.sanity_checking else time.monotonic()
@@ -48,6 +67,29 @@ class TimeBudget(pl.Callback):
             every = getattr(trainer, "check_val_every_n_epoch", 1)
             if every is not None and (trainer.current_epoch + 1) % every != 0:
                 trainer.check_val_every_n_epoch = 1  # Lightning validates a stopped epoch only if it is due
+
+
+def set_batch_sampler_epoch(loaders, epoch: int) -> None:
+    """``set_epoch(epoch)`` on the batch sampler of each loader that has one."""
+    for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
+        sampler = getattr(loader, "batch_sampler", None)
+        if callable(getattr(sampler, "set_epoch", None)):
+            sampler.set_epoch(epoch)
+
+
+class SamplerEpoch(pl.Callback):
+    """Tell the training loader's batch sampler which epoch starts, so it reshuffles.
+
+    Lightning calls ``set_epoch`` on ``loader.sampler`` and on ``loader.batch_sampler.sampler``
+    but not on a batch sampler that draws the indices itself, as
+    :class:`~sonus.data.sampler.DurationBucketSampler` does: without this callback every
+    epoch would replay the first epoch's batches in the same order. A run's first epoch
+    draws its batches before any epoch hook (when the trainer sets up its data), so for a
+    resumed run :class:`~sonus.train.trainer.RunData` sets that epoch.
+    """
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        set_batch_sampler_epoch(trainer.train_dataloader, trainer.fit_loop.epoch_progress.current.processed)
 
 
 class SaveLast(pl.Callback):

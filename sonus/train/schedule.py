@@ -18,6 +18,7 @@ def warmup_decay(
     gamma: float = 0.9999,
     budget_seconds: float | None = None,
     clock: Callable[[], float] = time.monotonic,
+    elapsed: Callable[[], float] | None = None,
 ) -> Callable[[int], float]:
     """step -> factor in (0, 1]: linear warmup to 1 over ``warmup_steps``, then
 
@@ -29,9 +30,10 @@ def warmup_decay(
       ``budget_seconds`` (``training.time_budget_minutes``), the factor staying below the
       warmup ramp. A run with a time budget does not know its step count in advance;
       decaying to the end of the budget, rather than along a fixed step curve, is the
-      schedule Li et al. (2020, "Budgeted training") found best at a fixed budget. The clock
-      starts in this process: a resumed run decays over a fresh budget, as
-      :class:`~sonus.train.callbacks.TimeBudget` counts one.
+      schedule Li et al. (2020, "Budgeted training") found best at a fixed budget.
+      ``elapsed`` gives the seconds of the budget spent (e.g.
+      :meth:`~sonus.train.callbacks.TimeBudget.elapsed`, which a resumed run restores);
+      without it the clock starts at the first call, in this process.
     """
     if decay not in ("noam", "cosine", "exponential", "constant", "budget"):
         raise ValueError(f"lr decay must be noam, cosine, exponential, constant or budget, got {decay!r}")
@@ -45,10 +47,14 @@ def warmup_decay(
     def factor(step: int) -> float:
         s = step + 1
         if decay == "budget":
-            now = clock()
-            if not start:
-                start.append(now)
-            p = min(1.0, (now - start[0]) / budget_seconds)
+            if elapsed is not None:
+                spent = elapsed()
+            else:
+                now = clock()
+                if not start:
+                    start.append(now)
+                spent = now - start[0]
+            p = min(1.0, spent / budget_seconds)
             return min(s / w, 1.0 - (1.0 - min_ratio) * p)
         if s < w:
             return s / w

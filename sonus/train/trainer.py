@@ -17,7 +17,12 @@ from lightning.pytorch.callbacks import (
     TQDMProgressBar,
 )
 
-from sonus.train.callbacks import SaveLast, TimeBudget
+from sonus.train.callbacks import (
+    SamplerEpoch,
+    SaveLast,
+    TimeBudget,
+    set_batch_sampler_epoch,
+)
 from sonus.train.checkpoint import AtomicCheckpointIO
 from sonus.train.loggers import build_loggers
 
@@ -35,6 +40,7 @@ def build_trainer(cfg: Any, output_dir: Path, monitor: str, mode: str = "min", e
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(dirpath=str(output_dir), filename="best", monitor=monitor, mode=mode, save_top_k=1, save_last=False, auto_insert_metric_name=False, enable_version_counter=False),
         SaveLast(str(output_dir / "last.ckpt")),
+        SamplerEpoch(),
     ]
     if int(t.get("save_top_k", 0)) > 0:
         callbacks.append(ModelCheckpoint(
@@ -84,6 +90,26 @@ def build_trainer(cfg: Any, output_dir: Path, monitor: str, mode: str = "min", e
         enable_model_summary=t.get("model_summary", True),
         deterministic=t.get("deterministic", False),
     )
+
+
+class RunData(pl.LightningDataModule):
+    """A run's training and validation loaders, handed to ``Trainer.fit`` as a data module.
+
+    Lightning asks for the loaders after restoring a checkpoint and draws the first epoch's
+    batches at once; asked here, the batch sampler learns which epoch that is, so a resumed
+    run draws the batches an uninterrupted one would (later epochs: :class:`SamplerEpoch`).
+    """
+
+    def __init__(self, train: Any, val: Any) -> None:
+        super().__init__()
+        self.train, self.val = train, val
+
+    def train_dataloader(self) -> Any:
+        set_batch_sampler_epoch(self.train, self.trainer.fit_loop.epoch_progress.current.processed)
+        return self.train
+
+    def val_dataloader(self) -> Any:
+        return self.val
 
 
 def seed_everything(seed: int) -> None:

@@ -362,3 +362,21 @@ def test_las_beam_with_lm_splits_scores_and_spells_lexicon_words(setup):
             assert h.las_score == pytest.approx(_teacher_forced_las(model, enc, b, h.tokens), abs=1e-4)
             assert h.score == pytest.approx(h.las_score + h.lm_score, abs=1e-4)
     assert len(words) >= 3
+
+
+def test_tune_picks_a_length_bonus_that_stops_early_endings():
+    """LAS likes ending early; a per-label bonus, tuned on dev with w, undoes it."""
+    from sonus.asr.decoding import DecodeResult, Hypothesis
+    from sonus.asr.infer import DecodedSet, tune_las_weight
+
+    def utt(ref: str, cut: str) -> tuple[str, DecodeResult]:
+        full = Hypothesis(list(range(len(ref))), 0.0, rnnt_score=-8.0, las_score=-20.0, text=ref)
+        short = Hypothesis(list(range(len(cut))), 0.0, rnnt_score=-40.0, las_score=-5.0, text=cut)
+        return ref, DecodeResult([short, full])
+
+    pairs = [utt("horrible thousands push", "horrible"), utt("next mountain more", "next")]
+    ds = DecodedSet(["a", "b"], [r for r, _ in pairs], [d for _, d in pairs], [d for _, d in pairs])
+    w, bonus, table = tune_las_weight(ds, [0.7], 0.0)
+    assert (w, bonus) == (0.7, 0.0) and table[(0.7, 0.0)] > 0.6  # 0.3*-40 + 0.7*-5 beats 0.3*-8 + 0.7*-20
+    w, bonus, table = tune_las_weight(ds, [0.7], [0.0, 0.5, 1.0])
+    assert (w, bonus) == (0.7, 0.5) and table[(0.7, 0.5)] == 0.0  # the smallest bonus that fixes both

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from sonus.data.manifest import read_manifest
-from sonus.data.recipes import synth
 from sonus.audio import espeak
 from sonus.audio.augment import mix_at_snr
+from sonus.data.manifest import read_manifest
+from sonus.data.recipes import synth
 from sonus.data.recipes.synth import fit_silence, list_voices, prepare_synth
 from sonus.data.recipes.text_gen import (
     TEXT_RE,
@@ -79,21 +79,27 @@ def test_test_split_holds_out_voices_and_sentences(corpus):
     speakers = {s: {u.speaker for u in utts} for s, utts in m.items()}
     texts = {s: {u.text for u in utts} for s, utts in m.items()}
     assert not speakers["test"] & (speakers["train"] | speakers["dev"]), speakers
+    assert not speakers["dev"] & speakers["train"], speakers  # dev too hears only new voices
     assert not texts["test"] & texts["train"] and not texts["dev"] & texts["train"]
     variants = {s: {v.partition("+")[2] for v in vs} for s, vs in speakers.items()}
     assert variants["test"] <= set(synth.TEST_VARIANTS) and not variants["train"] & set(synth.TEST_VARIANTS)
+    assert variants["dev"] <= set(synth.DEV_VARIANTS) and not variants["train"] & set(synth.DEV_VARIANTS)
     assert summary.splits["test"].num_voices == len(speakers["test"])
 
 
 def test_voice_inventory_holds_out_variants_not_accents():
-    train, test = list_voices(synth.espeak_paths()[1])
+    train, dev, test = list_voices(synth.espeak_paths()[1])
     accents = {v.partition("+")[0] for v in train}
     assert len(accents) >= 8 and len(train) >= 100, train
-    assert {v.partition("+")[0] for v in test} == accents  # every test accent is heard in training
-    assert not set(train) & set(test)
-    assert "en-us+f2" in train and "en-us+m3" in test and "en-gb-scotland" in train
+    assert {v.partition("+")[0] for v in test} == {v.partition("+")[0] for v in dev} == accents  # every accent is heard in training
+    assert not set(train) & set(test) and not set(train) & set(dev) and not set(dev) & set(test)
+    assert "en-us+f1" in train and "en-us+f2" in dev and "en-us+m3" in test and "en-gb-scotland" in train
+    pool, none, _ = list_voices(synth.espeak_paths()[1], dev_variants=())
+    assert none == [] and set(pool) == set(train) | set(dev)  # format 3's training voices
     with pytest.raises(ValueError, match="nosuchvariant"):
         list_voices(synth.espeak_paths()[1], ("nosuchvariant",))
+    with pytest.raises(ValueError, match="disjoint"):
+        list_voices(synth.espeak_paths()[1], ("m3",), ("m3",))
 
 
 def test_text_is_lowercase_words(corpus):

@@ -12,7 +12,7 @@ import soundfile as sf
 import torch
 
 from sonus.audio.augment import NoiseConfig, NoiseMixer, speed_perturb
-from sonus.train.callbacks import TimeBudget
+from sonus.train.callbacks import SamplerEpoch, TimeBudget
 from sonus.train.checkpoint import AtomicCheckpointIO
 from sonus.train.plots import plot_attention, plot_curves
 from sonus.train.schedule import warmup_decay
@@ -94,6 +94,41 @@ def test_time_budget_stops_so_that_the_last_validation_fits(monkeypatch):
     assert trainer.should_stop and now[0] == 100.0  # a 20 s validation now ends at 120; one more 1 s step would overrun
 
 
+def test_time_budget_resumes_what_is_left(monkeypatch):
+    """The spent time is checkpointed: a resumed run spends the rest, and the budget lr decay,
+    which reads the callback's clock, goes on from where it was."""
+    now = [0.0]
+    monkeypatch.setattr("sonus.train.callbacks.time.monotonic", lambda: now[0])
+    trainer = SimpleNamespace(sanity_checking=False, should_stop=False, check_val_every_n_epoch=1, current_epoch=0)
+    first = TimeBudget(minutes=2)
+    assert first.elapsed() == 0.0  # not started
+    first.on_fit_start(trainer, None)
+    now[0] += 90.0
+    state = first.state_dict()
+    assert state["elapsed"] == 90.0
+
+    now[0] = 5000.0  # another process, much later
+    second = TimeBudget(minutes=2)
+    second.load_state_dict(state)
+    lr = warmup_decay(1, "budget", budget_seconds=120.0, min_ratio=0.1, elapsed=second.elapsed)
+    assert lr(10) == pytest.approx(1 - 0.9 * 0.75)  # before fit starts: where the first run stopped
+    second.on_fit_start(trainer, None)
+    now[0] += 6.0
+    assert second.elapsed() == 96.0 and lr(11) == pytest.approx(1 - 0.9 * 0.8)
+    while not trainer.should_stop:
+        now[0] += 1.0
+        second.on_train_batch_end(trainer, None, None, None, 0)
+    assert now[0] - 5000.0 == 30.0  # the 30 s that were left, no more (another 1 s step would overrun)
+
+    trainer.should_stop = False
+    done = TimeBudget(minutes=2)
+    done.load_state_dict(second.state_dict())  # a finished run started again
+    done.on_fit_start(trainer, None)
+    now[0] += 1.0
+    done.on_train_batch_end(trainer, None, None, None, 0)
+    assert trainer.should_stop
+
+
 def test_time_budget_in_an_epoch_without_validation_still_ends_with_one(monkeypatch):
     now = [0.0]
     monkeypatch.setattr("sonus.train.callbacks.time.monotonic", lambda: now[0])
@@ -163,6 +198,42 @@ def test_noise_mixer_hits_the_snr_range(tmp_path):
         NoiseMixer(NoiseConfig(str(tmp_path / "none")), 16000)
     with pytest.raises(ValueError, match="prob must be in"):
         NoiseMixer(NoiseConfig(str(tmp_path), prob=1.5), 16000)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_duration_sampler_reshuffles_every_epoch_in_lightning(tmp_path, workers):
+    """Lightning does not reach a batch sampler's set_epoch: SamplerEpoch does, before the
+    epoch's batches are drawn (with persistent workers too), so epochs differ and each
+    matches the sampler's own order for that epoch."""
+    import lightning.pytorch as pl
+
+    from sonus.data.sampler import DurationBucketSampler
+
+    class Record(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.seen = torch.nn.Linear(1, 1), []
+
+        def training_step(self, batch, i):
+            self.seen.append((self.current_epoch, batch[0][:, 0].long().tolist()))
+            return self.lin(batch[0]).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    durations = [1.0 + (i % 7) / 7 for i in range(48)]
+    sampler = DurationBucketSampler(durations, max_duration=8.0, num_buckets=3, seed=5)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(48.0)[:, None]), batch_sampler=sampler,
+                                       num_workers=workers, persistent_workers=workers > 0)  # fmt: skip
+    model = Record()
+    trainer = pl.Trainer(max_epochs=3, callbacks=[SamplerEpoch()], logger=False, enable_checkpointing=False, limit_val_batches=0,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(model, data)
+    epochs = [[b for e, b in model.seen if e == k] for k in range(3)]
+    for k, got in enumerate(epochs):
+        sampler.set_epoch(k)
+        assert got == sampler._batches()
+    assert epochs[0] != epochs[1] and epochs[1] != epochs[2]
 
 
 def test_build_trainer_adds_top_k_and_early_stopping(tmp_path):

@@ -6,8 +6,10 @@
 accent of the shipped eSpeak data, each with its default and many variants; rate, pitch,
 pitch range and volume are drawn per utterance. No sentence occurs twice in the corpus.
 
-* train: every accent x every variant except ``test_variants``;
-* dev:   the training voices, sentences unseen in train (generalisation to new text);
+* train: every accent x every variant except ``test_variants`` and ``dev_variants``;
+* dev:   every accent x ``dev_variants``: like test, voices never heard in training and
+  sentences unseen in train, so what is tuned or selected on dev (the two-pass weight,
+  the best checkpoint) is tuned for new voices;
 * test:  every accent x ``test_variants`` only: voices (and variants) never heard in
   training, while every accent is; sentences unseen in train.
 
@@ -52,7 +54,7 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 SPLITS = ("train", "dev", "test")
-FORMAT_VERSION = 3  # bump when the output for the same arguments changes
+FORMAT_VERSION = 4  # bump when the output for the same arguments changes
 # Variants in voices/!v that sound like a person; "" is the accent's default voice. Left out,
 # by their files: the robotic ones (long echoes: robosoft*, RicishayMax*, UniRobot, anikaRobot),
 # whispers and breath-only voices (whisper*, caleb), croak, Demonic, Tweaky (a doubled third
@@ -70,6 +72,7 @@ ENGLISH_VARIANTS = (
     "victor", "zac",
 )  # fmt: skip
 TEST_VARIANTS = ("m3", "f4", "klatt3", "belinda")
+DEV_VARIANTS = ("m2", "f2", "klatt2", "Annie")  # dev, like test, hears voices training never does
 RATE_WPM = (130, 180)  # eSpeak default 175
 PITCH = (30, 70)  # 0..100, default 50
 PITCH_RANGE = (30, 80)  # 0..100, default 50
@@ -81,30 +84,38 @@ _STALL_TIMEOUT_S = 300.0  # no shard done for this long: a worker died; the rest
 _NOISE_CACHE: dict[str, np.ndarray] = {}
 
 
-def list_voices(data_path: str, test_variants: tuple[str, ...] = TEST_VARIANTS) -> tuple[list[str], list[str]]:
-    """(training voices, test voices) of an eSpeak data folder, named like ``"en-us+f2"``.
+def list_voices(
+    data_path: str, test_variants: tuple[str, ...] = TEST_VARIANTS, dev_variants: tuple[str, ...] = DEV_VARIANTS
+) -> tuple[list[str], list[str], list[str]]:
+    """(training, dev, test voices) of an eSpeak data folder, named like ``"en-us+f2"``.
 
     Accents are the folder's ``lang/gmw/en*`` files but ``en-Shaw`` (it reads the Shavian
     alphabet); variants are those of :data:`ENGLISH_VARIANTS` it has (``""``: the
     accent's default voice). Test voices are every accent with a variant of
-    ``test_variants``, training voices every accent with any other variant.
+    ``test_variants``, dev voices every accent with one of ``dev_variants`` (empty: dev
+    speaks with the training voices), training voices every accent with any other variant.
 
     Raises:
-        ValueError: a test variant is missing from the data, or a side is left empty.
+        ValueError: a test or dev variant is missing from the data, the two overlap, or
+            training is left without voices.
     """
     files = sorted((Path(data_path) / "lang" / "gmw").glob("en*"))
     accents = [f.name.lower() for f in files if f.is_file() and f.name.lower() != "en-shaw"]
     variants = [v for v in ENGLISH_VARIANTS if v == "" or (Path(data_path) / "voices" / "!v" / v).is_file()]
-    missing = sorted(set(test_variants) - set(variants))
-    train_variants = [v for v in variants if v not in test_variants]
-    if missing or not accents or not test_variants or not train_variants:
-        raise ValueError(f"test_variants {test_variants} must be a proper subset of the eSpeak variants {variants} "
-                         f"in {data_path} (missing: {missing}, accents: {accents})")  # fmt: skip
+    missing = sorted((set(test_variants) | set(dev_variants)) - set(variants))
+    train_variants = [v for v in variants if v not in test_variants and v not in dev_variants]
+    if missing or not accents or not test_variants or not train_variants or set(test_variants) & set(dev_variants):
+        raise ValueError(f"test_variants {test_variants} and dev_variants {dev_variants} must be disjoint subsets of the "
+                         f"eSpeak variants {variants} in {data_path}, leaving some for training "
+                         f"(missing: {missing}, accents: {accents})")  # fmt: skip
 
     def name(accent: str, variant: str) -> str:
         return f"{accent}+{variant}" if variant else accent
 
-    return [name(a, v) for a in accents for v in train_variants], [name(a, v) for a in accents for v in test_variants]
+    def voices(vs) -> list[str]:
+        return [name(a, v) for a in accents for v in vs]
+
+    return voices(train_variants), voices(dev_variants), voices(test_variants)
 
 
 def fit_silence(wave: np.ndarray, sample_rate: int, keep_s: float = KEEP_SILENCE_S,
@@ -200,15 +211,26 @@ def _plan(out: Path, sizes: dict[str, int], seed: int, gen: SentenceGenerator, v
     """Every utterance's text, voice, jitter and noise, drawn from ``seed`` alone.
 
     Text, voice and noise draw from separate streams, so switching noise on or off
-    leaves text and voices unchanged.
+    leaves text and voices unchanged. Training and dev draw a voice from ``voices["pool"]``
+    (the training voices of format 3, before dev had its own), so every draw from the voice
+    stream, and hence the test split, is what it was: a dev utterance then takes the dev
+    voice at that index (modulo), a training utterance that drew a dev voice another
+    training voice from a stream of its own.
     """
-    rng_text, rng_voice, rng_noise = (np.random.default_rng([seed, k]) for k in range(3))
+    rng_text, rng_voice, rng_noise, rng_redraw = (np.random.default_rng([seed, k]) for k in range(4))
     texts = gen.sample_unique(sum(sizes.values()), rng_text)  # all distinct: dev/test text unseen in train
     specs: list[_UttSpec] = []
     for split in SPLITS:
         for i in range(sizes[split]):
+            own = voices[split]
+            drawn = voices["pool"] if split != "test" else own
+            voice = drawn[int(rng_voice.integers(len(drawn)))]
+            if split == "dev" and voice not in own:
+                voice = own[drawn.index(voice) % len(own)]
+            elif split == "train" and voice not in own:
+                voice = own[int(rng_redraw.integers(len(own)))]
             settings = VoiceSettings(
-                voice=voices[split][int(rng_voice.integers(len(voices[split])))],
+                voice=voice,
                 rate=int(rng_voice.integers(RATE_WPM[0], RATE_WPM[1] + 1)),
                 pitch=int(rng_voice.integers(PITCH[0], PITCH[1] + 1)),
                 pitch_range=int(rng_voice.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
@@ -286,6 +308,7 @@ def prepare_synth(
     max_words: int = 6,
     vocab_size: int = 4000,
     test_variants: tuple[str, ...] = TEST_VARIANTS,
+    dev_variants: tuple[str, ...] = DEV_VARIANTS,
     progress: bool = True,
     force: bool = False,
 ) -> SynthSummary:
@@ -299,6 +322,8 @@ def prepare_synth(
         num_workers: worker processes; the output does not depend on it.
         min_words, max_words, vocab_size: see :class:`SentenceGenerator`, :func:`build_vocabulary`.
         test_variants: eSpeak variants heard only in the test split.
+        dev_variants: eSpeak variants heard only in the dev split (empty: dev speaks with
+            the training voices, as in format 3).
         force: generate again even if ``summary.json`` says the folder is complete
             for these arguments (otherwise that is returned at once, ``reused=True``).
 
@@ -309,7 +334,8 @@ def prepare_synth(
         RuntimeError: the eSpeak NG library or its data cannot be loaded.
         ValueError, FileNotFoundError: an argument is out of range or names a missing folder.
     """
-    snr_db, test_variants = (float(snr_db[0]), float(snr_db[1])), tuple(str(v) for v in test_variants)  # e.g. from YAML
+    snr_db = (float(snr_db[0]), float(snr_db[1]))
+    test_variants, dev_variants = tuple(str(v) for v in test_variants), tuple(str(v) for v in dev_variants)  # e.g. from YAML
     dev = max(1, round(num_utterances * dev_fraction)) if dev_fraction > 0 else 0
     test = max(1, round(num_utterances * test_fraction)) if test_fraction > 0 else 0
     sizes = {"train": num_utterances - dev - test, "dev": dev, "test": test}
@@ -324,12 +350,12 @@ def prepare_synth(
     noise = noise_files(noise_dir) if noise_prob > 0 and noise_dir is not None else []
     lib_path, data_path = espeak_paths()
     version = load_library(lib_path).espeak_Info(None).decode()  # a clear error before any work
-    train_voices, test_voices = list_voices(data_path, test_variants)
+    train_voices, dev_voices, test_voices = list_voices(data_path, test_variants, dev_variants)
     args = {
         "format_version": FORMAT_VERSION, "num_utterances": num_utterances, "seed": seed,
         "dev_fraction": dev_fraction, "test_fraction": test_fraction, "min_words": min_words,
         "max_words": max_words, "vocab_size": vocab_size, "noise_prob": noise_prob, "snr_db": snr_db,
-        "espeak": version, "test_voices": test_voices,
+        "espeak": version, "test_voices": test_voices, "dev_voices": dev_voices,
         "train_voices_sha1": hashlib.sha1(" ".join(train_voices).encode()).hexdigest(),
         "noise_sha1": hashlib.sha1(" ".join(f"{p}:{p.stat().st_size}" for p in noise).encode()).hexdigest(),
         "recipe": [RATE_WPM, PITCH, PITCH_RANGE, VOLUME, KEEP_SILENCE_S, _SHARD_SIZE],
@@ -341,7 +367,8 @@ def prepare_synth(
 
     vocab = build_vocabulary(vocab_size)
     gen = SentenceGenerator(vocab, min_words, max_words)
-    voices = {"train": train_voices, "dev": train_voices, "test": test_voices}
+    voices = {"train": train_voices, "dev": dev_voices or train_voices, "test": test_voices,
+              "pool": list_voices(data_path, test_variants, ())[0]}  # fmt: skip
     specs = _plan(out, sizes, seed, gen, voices, noise, snr_db, noise_prob)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").unlink(missing_ok=True)  # an interrupted run must not look complete
