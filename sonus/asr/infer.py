@@ -108,13 +108,12 @@ def _best(rs: list[DecodeResult]) -> list[str]:
 
 
 def tune_las_weight(
-    ds: DecodedSet, grid: list[float], length_bonus: float | list[float] = 0.0
+    ds: DecodedSet, grid: list[float], bonuses: list[float] = (0.0,)
 ) -> tuple[float, float, dict[tuple[float, float], float]]:
-    """Pick w, and the per-label length bonus from ``length_bonus`` when it is a list, minimising
-    WER of the rescored n-best on a dev set (n-best scored once: the final n-best keeps each
+    """Pick w from ``grid`` and the per-label length bonus from ``bonuses`` minimising WER of
+    the rescored n-best on a dev set (n-best scored once: the final n-best keeps each
     hypothesis' parts, so it is only re-ranked). Ties go to w nearest 0.5, then the smallest
     bonus. Returns (w, bonus, {(w, bonus): WER})."""
-    bonuses = list(length_bonus) if isinstance(length_bonus, (list, tuple)) else [length_bonus]
     table = {(w, b): error_rates(ds.refs, _best(combine(ds.final, w, b))).wer for w in grid for b in bonuses}
     w, b = min(table, key=lambda k: (table[k], abs(k[0] - 0.5), abs(k[1])))
     return w, b, table

@@ -69,8 +69,10 @@ class TimeBudget(pl.Callback):
                 trainer.check_val_every_n_epoch = 1  # Lightning validates a stopped epoch only if it is due
 
 
-def set_batch_sampler_epoch(loaders, epoch: int) -> None:
-    """``set_epoch(epoch)`` on the batch sampler of each loader that has one."""
+def set_batch_sampler_epoch(loaders, trainer) -> None:
+    """``set_epoch`` on the batch sampler of each loader that has one, with the epoch the
+    trainer's fit loop is at (the number Lightning gives a DataLoader's ``sampler``)."""
+    epoch = trainer.fit_loop.epoch_progress.current.processed
     for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
         sampler = getattr(loader, "batch_sampler", None)
         if callable(getattr(sampler, "set_epoch", None)):
@@ -89,7 +91,7 @@ class SamplerEpoch(pl.Callback):
     """
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        set_batch_sampler_epoch(trainer.train_dataloader, trainer.fit_loop.epoch_progress.current.processed)
+        set_batch_sampler_epoch(trainer.train_dataloader, trainer)
 
 
 class SaveLast(pl.Callback):

@@ -105,7 +105,7 @@ class RunData(pl.LightningDataModule):
         self.train, self.val = train, val
 
     def train_dataloader(self) -> Any:
-        set_batch_sampler_epoch(self.train, self.trainer.fit_loop.epoch_progress.current.processed)
+        set_batch_sampler_epoch(self.train, self.trainer)
         return self.train
 
     def val_dataloader(self) -> Any:

@@ -376,7 +376,7 @@ def test_tune_picks_a_length_bonus_that_stops_early_endings():
 
     pairs = [utt("horrible thousands push", "horrible"), utt("next mountain more", "next")]
     ds = DecodedSet(["a", "b"], [r for r, _ in pairs], [d for _, d in pairs], [d for _, d in pairs])
-    w, bonus, table = tune_las_weight(ds, [0.7], 0.0)
+    w, bonus, table = tune_las_weight(ds, [0.7])
     assert (w, bonus) == (0.7, 0.0) and table[(0.7, 0.0)] > 0.6  # 0.3*-40 + 0.7*-5 beats 0.3*-8 + 0.7*-20
     w, bonus, table = tune_las_weight(ds, [0.7], [0.0, 0.5, 1.0])
     assert (w, bonus) == (0.7, 0.5) and table[(0.7, 0.5)] == 0.0  # the smallest bonus that fixes both
