@@ -51,6 +51,7 @@ class DecodeSummary:
     strategy: str = ""  # its decoding.strategy
     second_pass: str = "none"  # decoding.second_pass
     length_bonus: float = 0.0  # decoding.length_bonus (tuned with tune_length_bonus)
+    tuned_dev_wer: float | None = None  # with decoding.tune: the dev WER of the chosen w and length bonus
 
 
 @torch.no_grad()
@@ -178,6 +179,7 @@ def run_decode(mode: str, cfg) -> DecodeSummary:
         if not lm_cfg.get("text"):
             raise ValueError("decoding.lm.weight > 0 needs decoding.lm.text (transcripts to build the lexicon from)")
         kw["lm"] = load_lexicon(lm_cfg.text, tok, norm, float(lm_cfg.get("oov_logprob", -20.0)), float(lm_cfg.get("word_bonus", 0.0)))
+    dev_wer = None
     if mode == "two_pass" and cfg.decoding.get("tune") and opts.second_pass in ("rescore", "union"):
         if not d.get("dev_manifest"):
             raise ValueError("decoding.tune=true needs data.dev_manifest (w is chosen on dev, never on test)")
@@ -187,14 +189,14 @@ def run_decode(mode: str, cfg) -> DecodeSummary:
         w, bonus, table = tune_las_weight(dev, grid, bonuses)
         log.info("tuned on %s: WER %% by (w, length bonus) %s -> w=%.2f, bonus=%g", d.dev_manifest,
                  {k: round(100 * v, 2) for k, v in table.items()}, w, bonus)  # fmt: skip
-        opts = replace(opts, las_weight=w, length_bonus=bonus)
+        opts, dev_wer = replace(opts, las_weight=w, length_bonus=bonus), table[(w, bonus)]
     ds = decode_manifest(model, tok, d.test_manifest, opts, norm, **kw)
     write_results(cfg.output_path, ds)
     first, final = error_rates(ds.refs, _best(ds.first)), error_rates(ds.refs, _best(ds.final))
     las_w = opts.las_weight if mode == "two_pass" else None
     summary = DecodeSummary(
         mode, len(ds.ids), first, final, las_w, str(cfg.output_path), opts.first_pass_kind, opts.strategy, opts.second_pass,
-        opts.length_bonus if mode == "two_pass" else 0.0,
+        opts.length_bonus if mode == "two_pass" else 0.0, dev_wer,
     )
     beam = "" if opts.strategy.endswith("greedy") else f", beam {opts.beam_size}"
     lm = f", lexicon LM x{opts.lm_weight:g}" if opts.lm_weight else ""
@@ -216,4 +218,5 @@ def _summary_dict(s: DecodeSummary) -> dict:
         "mode": s.mode, "utterances": s.utterances, "first_pass_kind": s.first_pass_kind, "strategy": s.strategy,
         "rnnt": er(s.first_pass), "final": er(s.final), "las_weight": s.las_weight, "output_path": s.output_path,
         "second_pass": s.second_pass, "length_bonus": s.length_bonus,
+        **({"tuned_dev_wer": s.tuned_dev_wer} if s.tuned_dev_wer is not None else {}),
     }  # fmt: skip

@@ -67,13 +67,15 @@ class TwoPassASR(nn.Module):
         cfg: ASRModelConfig,
         specaug: SpecAugmentConfig | None = SpecAugmentConfig(),
         gain: GainAugmentConfig | None = GainAugmentConfig(),
+        vtlp: float = 0.0,
     ) -> None:
-        """``specaug`` and ``gain`` are training-time augmentations (no weights); None turns them off."""
+        """``specaug``, ``gain`` and ``vtlp`` (the range of VTLP's warp factor, see
+        :class:`FeatureConfig`) are training-time augmentations (no weights); None or 0 turns them off."""
         super().__init__()
         self.cfg = cfg
         audio = cfg.feat_in is None  # else the inputs are feature sequences (B, T, feat_in)
         self.gain = GainAugment(gain) if gain is not None and audio else None
-        self.frontend = LogMel(FeatureConfig(sample_rate=cfg.sample_rate, n_mels=cfg.n_mels)) if audio else None
+        self.frontend = LogMel(FeatureConfig(sample_rate=cfg.sample_rate, n_mels=cfg.n_mels, vtlp=vtlp)) if audio else None
         self.in_dim = cfg.n_mels if audio else cfg.feat_in
         self.cmvn = GlobalCMVN(self.in_dim)
         self.specaug = SpecAugment(specaug) if specaug is not None else None

@@ -124,7 +124,10 @@ def _tokenizer(cfg: DictConfig, texts: list[str], out: Path, reuse: Tokenizer | 
 def _fit_cmvn(model: TwoPassASR, ds: ASRDataset, n: int = 200) -> None:
     items = [ds[i] for i in range(0, len(ds), max(1, len(ds) // n))][:n]
     batch = collate(items)
+    was_training = model.training
+    model.eval()  # the statistics of the features themselves, not of augmented ones (gain, VTLP)
     feats, lengths = model.raw_features(batch.wave, batch.wave_lengths)
+    model.train(was_training)
     model.cmvn.fit(feats, lengths, min_std=1.0 if model.frontend is not None else 1e-3)
 
 
@@ -170,7 +173,9 @@ def train(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
         if model_cfg.sample_rate != int(d.sample_rate):
             raise ValueError(f"model.init_checkpoint was trained at {model_cfg.sample_rate} Hz but data.sample_rate={d.sample_rate}")
     sa, gain = cfg.model.get("specaugment"), cfg.model.get("gain_augment")
-    model = TwoPassASR(model_cfg, SpecAugmentConfig(**sa) if sa else None, GainAugmentConfig(**gain) if gain else None)
+    model = TwoPassASR(
+        model_cfg, SpecAugmentConfig(**sa) if sa else None, GainAugmentConfig(**gain) if gain else None, float(cfg.model.get("vtlp") or 0.0)
+    )
     if init is not None:  # only the pruned loss' projections can differ: new if the checkpoint was trained with the full loss
         missing, unexpected = model.load_state_dict(init.model.state_dict(), strict=False)
         other = [k for k in missing + unexpected if not k.startswith(("simple_am.", "simple_lm."))]

@@ -21,6 +21,8 @@ class FeatureConfig:
     f_min: float = 20.0
     f_max: float | None = None
     dither: float = 0.0
+    vtlp: float = 0.0  # training only: each utterance's frequency axis warped by a ~ U(1 - vtlp, 1 + vtlp)
+    vtlp_boundary_hz: float = 4800.0  # VTLP's f_hi: the warp is linear below it, then bends to keep Nyquist fixed
 
 
 def _hz_to_mel(f: torch.Tensor) -> torch.Tensor:
@@ -31,17 +33,40 @@ def _mel_to_hz(m: torch.Tensor) -> torch.Tensor:
     return 700.0 * (10 ** (m / 2595.0) - 1.0)
 
 
-def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, f_min: float, f_max: float) -> torch.Tensor:
-    """Triangular HTK-mel filters, (n_fft // 2 + 1, n_mels), each normalised to unit area (Slaney)."""
-    freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
+def mel_filterbank(
+    n_fft: int, n_mels: int, sample_rate: int, f_min: float, f_max: float, freqs: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Triangular HTK-mel filters, (n_fft // 2 + 1, n_mels), each normalised to unit area (Slaney).
+
+    ``freqs``: the frequency each FFT bin is taken to have, (..., n_fft // 2 + 1); a warped axis
+    gives warped filters (..., n_fft // 2 + 1, n_mels). Default: the bins' own frequencies.
+    """
+    if freqs is None:
+        freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
+    freqs = freqs[..., None].double()
     mels = torch.linspace(_hz_to_mel(torch.tensor(f_min)), _hz_to_mel(torch.tensor(f_max)), n_mels + 2, dtype=torch.float64)
     hz = _mel_to_hz(mels)
+    hz = hz.to(freqs.device)
     lower, center, upper = hz[:-2], hz[1:-1], hz[2:]
-    up = (freqs[:, None] - lower[None]) / (center - lower)[None]
-    down = (upper[None] - freqs[:, None]) / (upper - center)[None]
+    up = (freqs - lower) / (center - lower)
+    down = (upper - freqs) / (upper - center)
     fb = torch.clamp(torch.minimum(up, down), min=0.0)
-    fb = fb * (2.0 / (upper - lower))[None]
+    fb = fb * (2.0 / (upper - lower))
     return fb.float()
+
+
+def vtlp_frequencies(alpha: torch.Tensor, n_fft: int, sample_rate: int, boundary_hz: float) -> torch.Tensor:
+    """The FFT bins' frequencies under VTLP (Jaitly & Hinton 2013), (B, n_fft // 2 + 1) for warp factors (B,).
+
+    f -> a f up to f0 = boundary * min(a, 1) / a, then the straight line from (f0, a f0) to
+    (Nyquist, Nyquist): a longer or shorter vocal tract, with the band edge kept in place.
+    """
+    nyq = sample_rate / 2
+    f = torch.linspace(0, nyq, n_fft // 2 + 1, dtype=torch.float64, device=alpha.device)[None]
+    a = alpha.double()[:, None]
+    f0 = boundary_hz * torch.clamp(a, max=1.0) / a
+    high = a * f0 + (nyq - a * f0) * (f - f0) / (nyq - f0)
+    return torch.where(f <= f0, a * f, high)
 
 
 class LogMel(nn.Module):
@@ -60,6 +85,15 @@ class LogMel(nn.Module):
         self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
         self.register_buffer("fbank", mel_filterbank(cfg.n_fft, cfg.n_mels, cfg.sample_rate, cfg.f_min, f_max), persistent=False)
 
+    def _filters(self, batch: int) -> torch.Tensor:
+        """The mel filters: fixed, or in training with ``vtlp`` one warped set per utterance (B, n_freq, F)."""
+        c = self.cfg
+        if not (self.training and c.vtlp > 0):
+            return self.fbank
+        alpha = torch.empty(batch, device=self.fbank.device).uniform_(1.0 - c.vtlp, 1.0 + c.vtlp)
+        freqs = vtlp_frequencies(alpha, c.n_fft, c.sample_rate, c.vtlp_boundary_hz)
+        return mel_filterbank(c.n_fft, c.n_mels, c.sample_rate, c.f_min, c.f_max or c.sample_rate / 2, freqs)
+
     def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
         return sample_lengths // self.cfg.hop_length
 
@@ -73,7 +107,7 @@ class LogMel(nn.Module):
                 x, self.cfg.n_fft, self.cfg.hop_length, window=self.window, center=False, return_complex=True
             )  # (B, n_fft/2+1, T)
             power = spec.real.square() + spec.imag.square()
-            mel = torch.matmul(power.transpose(1, 2), self.fbank)  # (B, T, F)
+            mel = torch.matmul(power.transpose(1, 2), self._filters(x.shape[0]))  # (B, T, F)
             feats = torch.log(mel + 1e-6)
         frames = self.frame_lengths(lengths)
         mask = torch.arange(feats.shape[1], device=feats.device)[None, :] < frames[:, None]

@@ -82,11 +82,6 @@ class CodecLightning(pl.LightningModule):
         self.discriminator = Discriminators(adv.discriminator) if adv is not None else None
         self.automatic_optimization = adv is None
 
-    def on_train_epoch_start(self) -> None:
-        ds = getattr(self.trainer.train_dataloader, "dataset", None)
-        if ds is not None and hasattr(ds, "set_epoch"):
-            ds.set_epoch(self.current_epoch)
-
     def training_step(self, wave: torch.Tensor, batch_idx: int) -> torch.Tensor:
         out = self.model(wave)
         parts = codec_losses(out, wave, self.model.cfg.sample_rate)

@@ -74,13 +74,10 @@ class SeparationLightning(pl.LightningModule):
 
     # -- training -------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
-        """Tell the training set the epoch (new dynamic mixtures, MM-IPC draws) and the curriculum's variants."""
-        loader = self.trainer.train_dataloader
-        ds = getattr(loader, "dataset", None)
+        """Tell the training set the curriculum's variants (its epoch: :class:`~sonus.train.callbacks.SamplerEpoch`)."""
+        ds = getattr(self.trainer.train_dataloader, "dataset", None)
         if ds is None:
             return
-        if hasattr(ds, "set_epoch"):
-            ds.set_epoch(self.current_epoch)
         stage = active_variants(self.opts.curriculum, self.current_epoch)
         if stage is not None and hasattr(ds, "set_curriculum"):
             if getattr(ds, "stage", None) != stage:

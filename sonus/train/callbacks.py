@@ -69,29 +69,34 @@ class TimeBudget(pl.Callback):
                 trainer.check_val_every_n_epoch = 1  # Lightning validates a stopped epoch only if it is due
 
 
-def set_batch_sampler_epoch(loaders, trainer) -> None:
-    """``set_epoch`` on the batch sampler of each loader that has one, with the epoch the
-    trainer's fit loop is at (the number Lightning gives a DataLoader's ``sampler``)."""
+def set_loader_epoch(loaders, trainer) -> None:
+    """Tell each loader's batch sampler and dataset the epoch the trainer's fit loop is at (the
+    number Lightning gives a DataLoader's ``sampler``), where they have a ``set_epoch``.
+
+    The dataset's epoch reaches the workers because training loaders that need it are not
+    persistent: workers copy the dataset when an epoch's iteration starts, after this call.
+    """
     epoch = trainer.fit_loop.epoch_progress.current.processed
     for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
-        sampler = getattr(loader, "batch_sampler", None)
-        if callable(getattr(sampler, "set_epoch", None)):
-            sampler.set_epoch(epoch)
+        for part in (getattr(loader, "batch_sampler", None), getattr(loader, "dataset", None)):
+            if callable(getattr(part, "set_epoch", None)):
+                part.set_epoch(epoch)
 
 
 class SamplerEpoch(pl.Callback):
-    """Tell the training loader's batch sampler which epoch starts, so it reshuffles.
+    """Tell the training loader's batch sampler and dataset which epoch starts.
 
     Lightning calls ``set_epoch`` on ``loader.sampler`` and on ``loader.batch_sampler.sampler``
     but not on a batch sampler that draws the indices itself, as
     :class:`~sonus.data.sampler.DurationBucketSampler` does: without this callback every
-    epoch would replay the first epoch's batches in the same order. A run's first epoch
-    draws its batches before any epoch hook (when the trainer sets up its data), so for a
-    resumed run :class:`~sonus.train.trainer.RunData` sets that epoch.
+    epoch would replay the first epoch's batches in the same order. Datasets that draw per
+    epoch (dynamic mixing, MM-IPC variants, random codec segments) learn it here too. A run's
+    first epoch draws its batches before any epoch hook (when the trainer sets up its data),
+    so for a resumed run :class:`~sonus.train.trainer.RunData` sets that epoch.
     """
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        set_batch_sampler_epoch(trainer.train_dataloader, trainer)
+        set_loader_epoch(trainer.train_dataloader, trainer)
 
 
 class SaveLast(pl.Callback):

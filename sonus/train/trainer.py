@@ -21,7 +21,7 @@ from sonus.train.callbacks import (
     SamplerEpoch,
     SaveLast,
     TimeBudget,
-    set_batch_sampler_epoch,
+    set_loader_epoch,
 )
 from sonus.train.checkpoint import AtomicCheckpointIO
 from sonus.train.loggers import build_loggers
@@ -105,7 +105,7 @@ class RunData(pl.LightningDataModule):
         self.train, self.val = train, val
 
     def train_dataloader(self) -> Any:
-        set_batch_sampler_epoch(self.train, self.trainer)
+        set_loader_epoch(self.train, self.trainer)
         return self.train
 
     def val_dataloader(self) -> Any:

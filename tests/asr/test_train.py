@@ -96,6 +96,7 @@ def test_decode_two_pass_writes_results_and_summary(trained, tmp_path):
     assert rows[0]["nbest"] and {"text", "score"} <= set(rows[0]["nbest"][0])
     s = json.loads(res.with_suffix(".summary.json").read_text())
     assert s["final"]["wer"] == pytest.approx(summary.final.wer)
+    assert s["tuned_dev_wer"] == pytest.approx(summary.final.wer)  # tuned on the very manifest it then decodes
     assert 0.0 <= summary.las_weight <= 1.0
     assert summary.final.wer < 0.9, summary  # it learned something (untrained: 100%, empty output)
 

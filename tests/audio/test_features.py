@@ -4,7 +4,16 @@ import math
 
 import torch
 
-from sonus.audio.features import FeatureConfig, GainAugment, GainAugmentConfig, GlobalCMVN, LogMel, SpecAugment, SpecAugmentConfig
+from sonus.audio.features import (
+    FeatureConfig,
+    GainAugment,
+    GainAugmentConfig,
+    GlobalCMVN,
+    LogMel,
+    SpecAugment,
+    SpecAugmentConfig,
+    vtlp_frequencies,
+)
 
 
 def test_logmel_shape_and_peak_bin():
@@ -17,6 +26,32 @@ def test_logmel_shape_and_peak_bin():
     peak = int(feats[0, 50].argmax())
     centers = fe.fbank.argmax(0)  # FFT bin with each filter's peak
     assert abs(int(centers[peak]) * 16000 / cfg.n_fft - 1000) < 60
+
+
+def test_vtlp_warps_linearly_below_the_boundary_and_keeps_nyquist():
+    f = vtlp_frequencies(torch.tensor([0.9, 1.0, 1.1]), 400, 16000, 4800.0)
+    plain = torch.linspace(0, 8000, 201, dtype=torch.float64)
+    torch.testing.assert_close(f[1], plain)
+    assert torch.allclose(f[:, 50], torch.tensor([1800.0, 2000.0, 2200.0], dtype=torch.float64))  # bin 50: 2 kHz
+    assert torch.allclose(f[:, -1], torch.full((3,), 8000.0, dtype=torch.float64))
+    assert bool((f.diff(dim=1) > 0).all())  # still one-to-one
+
+
+def test_vtlp_moves_a_tone_in_training_only():
+    cfg = FeatureConfig(vtlp=0.2)
+    fe = LogMel(cfg)
+    t = torch.arange(16000) / 16000
+    wave = torch.sin(2 * math.pi * 1000 * t).repeat(64, 1)
+    lengths = torch.full((64,), 16000)
+    plain, _ = fe.eval()(wave, lengths)
+    torch.testing.assert_close(plain, LogMel()(wave, lengths)[0])
+    torch.manual_seed(0)
+    warped, _ = fe.train()(wave, lengths)
+    peaks = warped[:, 50].argmax(-1)  # the mel bin the tone lands in, per utterance
+    hz = fe.fbank.argmax(0)[peaks] * 16000 / cfg.n_fft
+    assert len(set(peaks.tolist())) > 3  # one warp factor per utterance
+    assert bool(((hz > 1000 * 0.8 - 60) & (hz < 1000 * 1.2 + 60)).all())
+    assert hz.min() < 900 and hz.max() > 1100
 
 
 def test_causal_frames_ignore_what_follows():

@@ -123,6 +123,23 @@ def test_same_seed_same_bytes_other_seed_other_corpus(corpus, tmp_path):
     assert set(_wav_bytes(root).values()).isdisjoint(_wav_bytes(tmp_path / "c").values())
 
 
+def test_extra_train_adds_training_utterances_and_keeps_the_rest(corpus, tmp_path):
+    root, _ = corpus
+    bigger = prepare_synth(tmp_path, seed=7, num_workers=2, extra_train=6, **SMALL)
+    for split in ("dev", "test"):
+        assert (root / f"{split}.jsonl").read_bytes() == (tmp_path / f"{split}.jsonl").read_bytes()
+    base, more = _load(root), _load(tmp_path)
+    fields = [[(u.id, u.text, u.speaker, u.duration) for u in m["train"]] for m in (base, more)]
+    assert fields[1][: len(fields[0])] == fields[0]
+    extra = more["train"][len(base["train"]) :]
+    assert len(extra) == 6 and bigger.splits["train"].num_utterances == len(base["train"]) + 6
+    held_out = {u.text for s in ("dev", "test") for u in base[s]} | {u.text for u in base["train"]}
+    assert not held_out & {u.text for u in extra}
+    assert {u.speaker for u in extra} <= set(list_voices(espeak.espeak_paths()[1])[0])
+    wavs = _wav_bytes(tmp_path)
+    assert {k: v for k, v in wavs.items() if k in _wav_bytes(root)} == _wav_bytes(root)
+
+
 def test_workers_are_spawned_when_this_process_has_synthesised(corpus, tmp_path, monkeypatch):
     root, _ = corpus
     monkeypatch.setattr(espeak, "_SYNTHESIZED_HERE", True)  # as after get_engine().synthesize(...) here

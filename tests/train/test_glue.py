@@ -236,6 +236,46 @@ def test_duration_sampler_reshuffles_every_epoch_in_lightning(tmp_path, workers)
     assert epochs[0] != epochs[1] and epochs[1] != epochs[2]
 
 
+def test_dataset_learns_each_epoch_in_its_workers(tmp_path):
+    """SamplerEpoch (and, for the first epoch, RunData) pass the epoch to a dataset with
+    set_epoch (dynamic mixing, codec segments): items drawn in a (non-persistent) worker see
+    the epoch they belong to."""
+    import lightning.pytorch as pl
+
+    from sonus.train.trainer import RunData
+
+    class EpochData(torch.utils.data.Dataset):
+        epoch = -1
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return torch.tensor([float(self.epoch)])
+
+    class Record(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.seen = torch.nn.Linear(1, 1), []
+
+        def training_step(self, batch, i):
+            self.seen.append((self.current_epoch, batch[:, 0].long().tolist()))
+            return self.lin(batch).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    model = Record()
+    trainer = pl.Trainer(max_epochs=3, callbacks=[SamplerEpoch()], logger=False, enable_checkpointing=False, limit_val_batches=0,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    loader = torch.utils.data.DataLoader(EpochData(), batch_size=4, num_workers=1)
+    trainer.fit(model, datamodule=RunData(loader, loader))
+    assert model.seen == [(e, [e] * 4) for e in range(3) for _ in range(2)]
+
+
 def test_build_trainer_adds_top_k_and_early_stopping(tmp_path):
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 

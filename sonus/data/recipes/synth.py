@@ -13,6 +13,9 @@ pitch range and volume are drawn per utterance. No sentence occurs twice in the 
 * test:  every accent x ``test_variants`` only: voices (and variants) never heard in
   training, while every accent is; sentences unseen in train.
 
+``extra_train`` adds training utterances after all of these, so a larger training set keeps
+the dev and test splits of ``num_utterances`` byte for byte (``make demo`` uses 96k more).
+
 Determinism: everything random (text, voice, jitter, noise, eSpeak's noise seed) is drawn
 up front from ``seed``. libespeak-ng also keeps state between utterances in C function
 statics (e.g. the pitch flutter phase) that ``espeak_Initialize`` does not reset, so an
@@ -207,7 +210,7 @@ class SynthSummary:
 
 
 def _plan(out: Path, sizes: dict[str, int], seed: int, gen: SentenceGenerator, voices: dict[str, list[str]],
-          noise: list[Path], snr_db: tuple[float, float], noise_prob: float) -> list[_UttSpec]:  # fmt: skip
+          noise: list[Path], snr_db: tuple[float, float], noise_prob: float, extra_train: int = 0) -> list[_UttSpec]:  # fmt: skip
     """Every utterance's text, voice, jitter and noise, drawn from ``seed`` alone.
 
     Text, voice and noise draw from separate streams, so switching noise on or off
@@ -215,11 +218,32 @@ def _plan(out: Path, sizes: dict[str, int], seed: int, gen: SentenceGenerator, v
     (the training voices of format 3, before dev had its own), so every draw from the voice
     stream, and hence the test split, is what it was: a dev utterance then takes the dev
     voice at that index (modulo), a training utterance that drew a dev voice another
-    training voice from a stream of its own.
+    training voice from a stream of its own. ``extra_train`` training utterances come last,
+    each stream going on where the test split left it: the other splits stay as they are.
     """
     rng_text, rng_voice, rng_noise, rng_redraw = (np.random.default_rng([seed, k]) for k in range(4))
     texts = gen.sample_unique(sum(sizes.values()), rng_text)  # all distinct: dev/test text unseen in train
+    if extra_train:
+        texts += gen.sample_unique(extra_train, rng_text, exclude=set(texts))
     specs: list[_UttSpec] = []
+
+    def add(split: str, i: int, voice: str) -> None:
+        settings = VoiceSettings(
+            voice=voice,
+            rate=int(rng_voice.integers(RATE_WPM[0], RATE_WPM[1] + 1)),
+            pitch=int(rng_voice.integers(PITCH[0], PITCH[1] + 1)),
+            pitch_range=int(rng_voice.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
+            volume=int(rng_voice.integers(VOLUME[0], VOLUME[1] + 1)),
+        )
+        draw, offset, snr = rng_noise.random(3)  # drawn even without noise: streams stay aligned
+        noise_path = str(noise[int(rng_noise.integers(len(noise)))]) if noise and draw < noise_prob else None
+        uid = f"synth-{split}-{i:06d}"
+        specs.append(_UttSpec(
+            id=uid, split=split, text=texts[len(specs)], settings=settings,
+            seed=int(rng_voice.integers(2**31)), wav_path=str(out / "wavs" / split / f"{uid}.wav"),
+            noise_path=noise_path, noise_offset=float(offset), snr_db=snr_db[0] + snr * (snr_db[1] - snr_db[0]),
+        ))  # fmt: skip
+
     for split in SPLITS:
         for i in range(sizes[split]):
             own = voices[split]
@@ -229,21 +253,9 @@ def _plan(out: Path, sizes: dict[str, int], seed: int, gen: SentenceGenerator, v
                 voice = own[drawn.index(voice) % len(own)]
             elif split == "train" and voice not in own:
                 voice = own[int(rng_redraw.integers(len(own)))]
-            settings = VoiceSettings(
-                voice=voice,
-                rate=int(rng_voice.integers(RATE_WPM[0], RATE_WPM[1] + 1)),
-                pitch=int(rng_voice.integers(PITCH[0], PITCH[1] + 1)),
-                pitch_range=int(rng_voice.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
-                volume=int(rng_voice.integers(VOLUME[0], VOLUME[1] + 1)),
-            )
-            draw, offset, snr = rng_noise.random(3)  # drawn even without noise: streams stay aligned
-            noise_path = str(noise[int(rng_noise.integers(len(noise)))]) if noise and draw < noise_prob else None
-            uid = f"synth-{split}-{i:06d}"
-            specs.append(_UttSpec(
-                id=uid, split=split, text=texts[len(specs)], settings=settings,
-                seed=int(rng_voice.integers(2**31)), wav_path=str(out / "wavs" / split / f"{uid}.wav"),
-                noise_path=noise_path, noise_offset=float(offset), snr_db=snr_db[0] + snr * (snr_db[1] - snr_db[0]),
-            ))  # fmt: skip
+            add(split, i, voice)
+    for i in range(sizes["train"], sizes["train"] + extra_train):
+        add("train", i, voices["train"][int(rng_voice.integers(len(voices["train"])))])
     return specs
 
 
@@ -304,6 +316,7 @@ def prepare_synth(
     snr_db: tuple[float, float] = (10.0, 30.0),
     noise_prob: float = 0.0,
     num_workers: int = 2,
+    extra_train: int = 0,
     min_words: int = 2,
     max_words: int = 6,
     vocab_size: int = 4000,
@@ -320,6 +333,9 @@ def prepare_synth(
         noise_dir: folder of wav/flac noise; each utterance gets noise from it with
             probability ``noise_prob``, at an SNR drawn uniformly from ``snr_db``.
         num_workers: worker processes; the output does not depend on it.
+        extra_train: training utterances beyond ``num_utterances``, drawn after all the
+            others: a larger training set whose dev and test splits are those of
+            ``num_utterances`` alone.
         min_words, max_words, vocab_size: see :class:`SentenceGenerator`, :func:`build_vocabulary`.
         test_variants: eSpeak variants heard only in the test split.
         dev_variants: eSpeak variants heard only in the dev split (empty: dev speaks with
@@ -339,9 +355,9 @@ def prepare_synth(
     dev = max(1, round(num_utterances * dev_fraction)) if dev_fraction > 0 else 0
     test = max(1, round(num_utterances * test_fraction)) if test_fraction > 0 else 0
     sizes = {"train": num_utterances - dev - test, "dev": dev, "test": test}
-    if sizes["train"] < 1 or num_workers < 1 or not (0 <= dev_fraction < 1 and 0 <= test_fraction < 1):
-        raise ValueError(f"need num_workers >= 1 (got {num_workers}), fractions in [0, 1) and a training split; "
-                         f"got split sizes {sizes} from num_utterances={num_utterances}")  # fmt: skip
+    if sizes["train"] < 1 or num_workers < 1 or extra_train < 0 or not (0 <= dev_fraction < 1 and 0 <= test_fraction < 1):
+        raise ValueError(f"need num_workers >= 1 (got {num_workers}), extra_train >= 0 (got {extra_train}), fractions in "
+                         f"[0, 1) and a training split; got split sizes {sizes} from num_utterances={num_utterances}")  # fmt: skip
     if not 0 <= noise_prob <= 1 or snr_db[0] > snr_db[1] or (noise_prob > 0 and noise_dir is None):
         raise ValueError(f"need 0 <= noise_prob <= 1 with a noise_dir when > 0, and snr_db as (low, high); "
                          f"got noise_prob={noise_prob}, noise_dir={noise_dir}, snr_db={snr_db}")  # fmt: skip
@@ -359,6 +375,7 @@ def prepare_synth(
         "train_voices_sha1": hashlib.sha1(" ".join(train_voices).encode()).hexdigest(),
         "noise_sha1": hashlib.sha1(" ".join(f"{p}:{p.stat().st_size}" for p in noise).encode()).hexdigest(),
         "recipe": [RATE_WPM, PITCH, PITCH_RANGE, VOLUME, KEEP_SILENCE_S, _SHARD_SIZE],
+        **({"extra_train": extra_train} if extra_train else {}),  # absent when 0: corpora made before it stay valid
     }  # fmt: skip
     args = json.loads(json.dumps(args))  # tuples -> lists, as read back from summary.json
     if not force and (done := _load_summary(out / "summary.json", args)) is not None:
@@ -369,7 +386,7 @@ def prepare_synth(
     gen = SentenceGenerator(vocab, min_words, max_words)
     voices = {"train": train_voices, "dev": dev_voices or train_voices, "test": test_voices,
               "pool": list_voices(data_path, test_variants, ())[0]}  # fmt: skip
-    specs = _plan(out, sizes, seed, gen, voices, noise, snr_db, noise_prob)
+    specs = _plan(out, sizes, seed, gen, voices, noise, snr_db, noise_prob, extra_train)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").unlink(missing_ok=True)  # an interrupted run must not look complete
     results = _run_pool(specs, num_workers, progress)
