@@ -192,7 +192,7 @@ def train(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
     rank, world = trainer.global_rank, trainer.world_size
     train_sampler = DurationBucketSampler(
         [u.duration for u in train_utts], float(t.max_duration), int(t.batch_size), num_buckets=int(t.get("num_buckets", 10)),
-        shuffle=True, seed=int(cfg.seed), num_replicas=world, rank=rank, sorted_epochs=int(t.get("sorted_epochs", 0)),
+        shuffle=True, seed=int(cfg.seed), num_replicas=world, rank=rank, sorted_epochs=float(t.get("sorted_epochs", 0)),
     )  # fmt: skip
     dev_sampler = DurationBucketSampler(
         [u.duration for u in dev_utts], float(t.max_duration), int(t.batch_size), shuffle=False, num_replicas=world, rank=rank

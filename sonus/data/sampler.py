@@ -27,6 +27,9 @@ class DurationBucketSampler(Sampler[list[int]]):
         sorted_epochs: the first this many epochs go from the shortest batches to the
             longest ("SortaGrad", Amodei et al. 2016: a transducer or CTC model finds its
             alignments sooner on short utterances); batches are still shuffled inside a bucket.
+            A fraction sorts a start: with 0.2 (or 1.2), the first epoch (or the second) opens
+            with a random fifth of its batches, shortest first, then the rest shuffled, for
+            corpora of which one epoch is about the whole training run.
         num_replicas, rank: under DDP every rank gets the same number of batches,
             different ones (batches dealt round-robin; the remainder is dropped).
     """
@@ -42,7 +45,7 @@ class DurationBucketSampler(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
         drop_last: bool = False,
-        sorted_epochs: int = 0,
+        sorted_epochs: float = 0,
     ) -> None:
         if max_duration <= 0:
             raise ValueError(f"max_duration must be > 0, got {max_duration}")
@@ -82,8 +85,12 @@ class DurationBucketSampler(Sampler[list[int]]):
                 longest = max(longest, d)
             if batch:
                 batches.append(batch)
-        if self.shuffle and self.epoch >= self.sorted_epochs:
+        whole, part = divmod(self.sorted_epochs, 1)
+        if self.shuffle and self.epoch >= whole:
             rng.shuffle(batches)
+            if self.epoch == whole and part > 0:  # a sorted start
+                k = round(part * len(batches))
+                batches[:k] = sorted(batches[:k], key=lambda b: max(self.durations[i] for i in b))
         if self.num_replicas > 1:
             n = len(batches) // self.num_replicas
             batches = batches[self.rank : n * self.num_replicas : self.num_replicas]

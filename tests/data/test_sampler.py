@@ -62,3 +62,24 @@ def test_sorted_epochs_go_short_to_long_then_shuffle():
     s.set_epoch(1)
     order = [bucket(b) for b in s]
     assert order != sorted(order)  # then shuffled as usual
+
+
+def test_a_fraction_sorts_the_start_of_an_epoch_only():
+    d = _durations()
+
+    def longest(batch):
+        return max(d[i] for i in batch)
+
+    s = DurationBucketSampler(d, max_duration=30.0, seed=2, sorted_epochs=0.3)
+    batches = list(s)
+    k = round(0.3 * len(batches))
+    head = [longest(b) for b in batches[:k]]
+    assert head == sorted(head) and head[0] < 1.0 and head[-1] > 3.5  # short to long, over all lengths
+    tail = [longest(b) for b in batches[k:]]
+    assert tail != sorted(tail)  # the rest shuffled
+    assert sorted(i for b in batches for i in b) == list(range(len(d)))
+    plain = DurationBucketSampler(d, max_duration=30.0, seed=2)
+    assert sorted(map(tuple, batches)) == sorted(map(tuple, plain))  # the same batches, reordered
+    s.set_epoch(1)
+    plain.set_epoch(1)
+    assert list(s) == list(plain)  # later epochs as without it
