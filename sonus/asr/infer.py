@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,7 @@ def _best(rs: list[DecodeResult]) -> list[str]:
 
 
 def tune_las_weight(
-    ds: DecodedSet, grid: list[float], bonuses: list[float] = (0.0,)
+    ds: DecodedSet, grid: Sequence[float], bonuses: Sequence[float] = (0.0,)
 ) -> tuple[float, float, dict[tuple[float, float], float]]:
     """Pick w from ``grid`` and the per-label length bonus from ``bonuses`` minimising WER of
     the rescored n-best on a dev set (n-best scored once: the final n-best keeps each

@@ -45,8 +45,7 @@ def mel_filterbank(
         freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
     freqs = freqs[..., None].double()
     mels = torch.linspace(_hz_to_mel(torch.tensor(f_min)), _hz_to_mel(torch.tensor(f_max)), n_mels + 2, dtype=torch.float64)
-    hz = _mel_to_hz(mels)
-    hz = hz.to(freqs.device)
+    hz = _mel_to_hz(mels).to(freqs.device)
     lower, center, upper = hz[:-2], hz[1:-1], hz[2:]
     up = (freqs - lower) / (center - lower)
     down = (upper - freqs) / (upper - center)
@@ -81,9 +80,9 @@ class LogMel(nn.Module):
     def __init__(self, cfg: FeatureConfig = FeatureConfig()) -> None:
         super().__init__()
         self.cfg = cfg
-        f_max = cfg.f_max or cfg.sample_rate / 2
+        self.f_max = cfg.f_max or cfg.sample_rate / 2
         self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
-        self.register_buffer("fbank", mel_filterbank(cfg.n_fft, cfg.n_mels, cfg.sample_rate, cfg.f_min, f_max), persistent=False)
+        self.register_buffer("fbank", mel_filterbank(cfg.n_fft, cfg.n_mels, cfg.sample_rate, cfg.f_min, self.f_max), persistent=False)
 
     def _filters(self, batch: int) -> torch.Tensor:
         """The mel filters: fixed, or in training with ``vtlp`` one warped set per utterance (B, n_freq, F)."""
@@ -92,7 +91,7 @@ class LogMel(nn.Module):
             return self.fbank
         alpha = torch.empty(batch, device=self.fbank.device).uniform_(1.0 - c.vtlp, 1.0 + c.vtlp)
         freqs = vtlp_frequencies(alpha, c.n_fft, c.sample_rate, c.vtlp_boundary_hz)
-        return mel_filterbank(c.n_fft, c.n_mels, c.sample_rate, c.f_min, c.f_max or c.sample_rate / 2, freqs)
+        return mel_filterbank(c.n_fft, c.n_mels, c.sample_rate, c.f_min, self.f_max, freqs)
 
     def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
         return sample_lengths // self.cfg.hop_length
