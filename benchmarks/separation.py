@@ -93,7 +93,23 @@ def rtf(name: str, seconds: float = 10.0, sample_rate: int = 8000) -> tuple[int,
     return sum(p.numel() for p in model.parameters()), statistics.median(times) / seconds
 
 
-def train_and_score(name: str, root: Path, data: Path, out: Path, minutes: float, threads: int, full: bool, overrides: list[str]) -> dict:
+def evaluate(ckpt: Path, results: Path, threads: int, full: bool, extra: tuple[str, ...] = ()) -> dict[str, float]:
+    """``sonus evaluate separation`` of ``ckpt`` on its test set: the summary's overall row."""
+    ev = [sys.executable, "-m", "sonus.cli", "evaluate", "separation", f"checkpoint={ckpt}", f"output={results}", f"num_threads={threads}", *extra]
+    if not full:
+        ev += ["metrics.pesq=false", "metrics.stoi=false", "metrics.sdr=false"]
+    log = results.with_suffix(".log")
+    with open(log, "w") as f:
+        rc = subprocess.run(ev, stdout=f, stderr=subprocess.STDOUT, check=False).returncode
+    if rc != 0:
+        raise RuntimeError(f"evaluating {ckpt} failed (exit {rc}); see {log}")
+    with open(results.with_name(results.stem + "_summary.csv")) as f:
+        summary = {r["variant"]: r for r in csv.DictReader(f)}["overall"]
+    return {k: float(v) for k, v in summary.items() if k != "variant"}
+
+
+def train_and_score(name: str, root: Path, data: Path, out: Path, minutes: float, threads: int, full: bool, overrides: list[str],
+                    chunk: float | None = None) -> dict:  # fmt: skip
     exp = out / name
     params = [f"model.params.{k}={v}" for k, v in _params(name).items()]
     hard = int(minutes + 1)
@@ -115,17 +131,11 @@ def train_and_score(name: str, root: Path, data: Path, out: Path, minutes: float
     wall = (time.time() - t0) / 60
     ckpt = torch.load(exp / "last.ckpt", map_location="cpu", weights_only=True)
     steps, epochs = int(ckpt["global_step"]), int(ckpt["epoch"])
-    results = out / f"{name}_test.csv"
-    ev = [sys.executable, "-m", "sonus.cli", "evaluate", "separation", f"checkpoint={exp / 'best.ckpt'}", f"output={results}", f"num_threads={threads}"]
-    if not full:
-        ev += ["metrics.pesq=false", "metrics.stoi=false", "metrics.sdr=false"]
-    with open(out / f"{name}.eval.log", "w") as f:
-        rc = subprocess.run(ev, stdout=f, stderr=subprocess.STDOUT, check=False).returncode
-    if rc != 0:
-        raise RuntimeError(f"evaluating {name} failed (exit {rc}); see {out / f'{name}.eval.log'}")
-    with open(results.with_name(results.stem + "_summary.csv")) as f:
-        summary = {r["variant"]: r for r in csv.DictReader(f)}["overall"]
-    return {"steps": steps, "epochs": epochs, "train_min": wall, **{k: float(v) for k, v in summary.items() if k != "variant"}}
+    row = {"steps": steps, "epochs": epochs, "train_min": wall, **evaluate(exp / "best.ckpt", out / f"{name}_test.csv", threads, full)}
+    if chunk:  # the same test set separated in stitched chunks of the training crops' scale
+        chunked = evaluate(exp / "best.ckpt", out / f"{name}_test_chunked.csv", threads, False, (f"chunk_seconds={chunk}", f"overlap_seconds={chunk / 4}"))
+        row["si_sdri_chunked"] = chunked["si_sdri"]
+    return row
 
 
 def main() -> None:
@@ -136,6 +146,8 @@ def main() -> None:
     ap.add_argument("--data", default="data/bench_sep", help="where the test/dev mixtures and noise folders go")
     ap.add_argument("--out", default="exp/bench_sep")
     ap.add_argument("--rtf-only", action="store_true")
+    ap.add_argument("--chunk-seconds", type=float, default=None,
+                    help="also score the test set separated in chunks of this length, stitched (sonus evaluate ... chunk_seconds=)")
     ap.add_argument("--full-metrics", action="store_true", help="also SDR, PESQ-nb and STOI on the test set")
     ap.add_argument("overrides", nargs="*", help="extra `sonus train` overrides for every model")
     a = ap.parse_args()
@@ -152,9 +164,9 @@ def main() -> None:
         root = prepare(Path(a.data))
         os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
         for name in names:
-            rows[name].update(train_and_score(name, root, Path(a.data), out, a.minutes, a.threads, a.full_metrics, a.overrides))
+            rows[name].update(train_and_score(name, root, Path(a.data), out, a.minutes, a.threads, a.full_metrics, a.overrides, a.chunk_seconds))
             (out / "results.json").write_text(json.dumps(rows, indent=2))
-    keys = ["params_M", "rtf_1thread", "steps", "epochs", "train_min", "si_sdr", "si_sdri", "sdri", "pesq", "stoi"]
+    keys = ["params_M", "rtf_1thread", "steps", "epochs", "train_min", "si_sdr", "si_sdri", "si_sdri_chunked", "sdri", "pesq", "stoi"]
     keys = [k for k in keys if any(k in r for r in rows.values())]
     print(f"\nseparation benchmark: 8 kHz 2-speaker noisy mixtures, held-out speakers and noises; budget {a.minutes:g} min/model on {a.threads} threads")
     print("| model | " + " | ".join(keys) + " |")

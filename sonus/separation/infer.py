@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from sonus.audio.io import load_audio, save_audio
 from sonus.data.separation import SeparationExample
 from sonus.metrics.signal import bss_sdr, pesq_score, si_sdr, stoi_score
-from sonus.separation.loss import pit, reorder
+from sonus.separation.loss import best_permutation, pit, reorder
 from sonus.separation.models import build_model
 from sonus.train.checkpoint import read_checkpoint
 
@@ -41,14 +41,64 @@ class Separator:
     sample_rate: int
     name: str
     data: dict[str, Any] = field(default_factory=dict)  # the training data config, for `evaluate`
+    chunk_seconds: float | None = None  # separate longer inputs in overlapping chunks (see stitch_chunks)
+    overlap_seconds: float = 1.0
 
     @torch.no_grad()
     def __call__(self, mix: torch.Tensor) -> torch.Tensor:
         """(T,) or (B, T) mixture at ``sample_rate`` -> (C, T) or (B, C, T) estimates."""
         one = mix.dim() == 1
         p = next(self.model.parameters())
-        est = self.model(mix.to(p.device, p.dtype).unsqueeze(0) if one else mix.to(p.device, p.dtype))
+        x = mix.to(p.device, p.dtype).unsqueeze(0) if one else mix.to(p.device, p.dtype)
+        if self.chunk_seconds:
+            sr = self.sample_rate
+            est = stitch_chunks(self.model, x, round(self.chunk_seconds * sr), round(self.overlap_seconds * sr))
+        else:
+            est = self.model(x)
         return est[0] if one else est
+
+
+def stitch_chunks(model: nn.Module, mix: torch.Tensor, chunk: int, overlap: int) -> torch.Tensor:
+    """Separate (B, T) in chunks of ``chunk`` samples that overlap by ``overlap``: (B, C, T).
+
+    A model trained on short crops keeps its sources in a consistent order only over spans
+    like those; over a long recording the order can flip. As continuous speech separation
+    does (Yoshioka et al. 2018; Chen et al. 2020), each chunk's outputs are put in the order
+    that best matches what the chunks before it gave over the overlap (the permutation with
+    the highest summed correlation), then cross-faded in linearly. Inputs no longer than
+    ``chunk`` are separated in one pass.
+    """
+    if not 0 < overlap < chunk:
+        raise ValueError(f"stitch_chunks: need 0 < overlap < chunk, got overlap {overlap}, chunk {chunk}")
+    total = mix.shape[-1]
+    if total <= chunk:
+        return model(mix)
+    hop = chunk - overlap
+    starts = list(range(0, total - chunk, hop)) + [total - chunk]  # the last chunk ends at the end
+    out = weight = None
+    end_prev = 0
+    for i, s in enumerate(starts):
+        est = model(mix[:, s : s + chunk]).float()  # (B, C, chunk)
+        if out is None:
+            out = est.new_zeros(*est.shape[:2], total)
+            weight = est.new_zeros(total)
+        ramp_in = end_prev - s  # samples shared with what is already written
+        if ramp_in > 0:
+            so_far = out[..., s:end_prev] / weight[s:end_prev]
+            a, b = est[..., :ramp_in], so_far
+            a = a / a.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+            b = b / b.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+            corr = torch.einsum("bit,bjt->bij", a, b)  # (B, C_new, C_so_far)
+            est = reorder(est, best_permutation(corr))
+        w = est.new_ones(chunk)
+        if ramp_in > 0:
+            w[:ramp_in] = (torch.arange(ramp_in, dtype=w.dtype, device=w.device) + 0.5) / ramp_in
+        if i < len(starts) - 1:
+            w[-overlap:] = torch.minimum(w[-overlap:], (torch.arange(overlap, 0, -1, dtype=w.dtype, device=w.device) - 0.5) / overlap)
+        out[..., s : s + chunk] += est * w
+        weight[s : s + chunk] += w
+        end_prev = s + chunk
+    return out / weight
 
 
 def save_separator(model: nn.Module, path: str | os.PathLike, sample_rate: int, data: dict[str, Any] | None = None) -> None:
@@ -206,11 +256,19 @@ def print_summary(summary: dict[str, dict[str, float]], title: str = "separation
     Console().print(table)
 
 
+def _chunking(sep: Separator, cfg) -> None:
+    """``chunk_seconds=S [overlap_seconds=O]`` on the command line: separate in stitched chunks."""
+    if cfg.get("chunk_seconds"):
+        sep.chunk_seconds = float(cfg.chunk_seconds)
+        sep.overlap_seconds = float(cfg.get("overlap_seconds") or 1.0)
+
+
 def run_evaluate(cfg) -> dict[str, dict[str, float]]:
     """`sonus evaluate separation`: score the checkpoint on its test set, write ``cfg.output``."""
     from sonus.separation.config import build_dataset
 
     sep = load_separator(cfg.checkpoint)
+    _chunking(sep, cfg)
     data = dict(sep.data)
     data.update({k: v for k, v in dict(cfg.get("data") or {}).items() if v is not None})
     if not data.get("kind"):
@@ -227,6 +285,7 @@ def run_evaluate(cfg) -> dict[str, dict[str, float]]:
 def run_separate(cfg) -> list[Path]:
     """`sonus separate`: write the separated sources of ``cfg.input`` to ``cfg.output_dir``."""
     sep = load_separator(cfg.checkpoint)
+    _chunking(sep, cfg)
     written = separate_files(sep, cfg.input, cfg.output_dir)
     print(f"{len(written)} files written to {cfg.output_dir}")
     return written

@@ -11,7 +11,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -21,6 +21,7 @@ from sonus.data.separation import SeparationBatch
 from sonus.metrics.signal import si_sdr
 from sonus.separation.loss import Metric, pit, reorder
 from sonus.separation.models import model_spec
+from sonus.train.callbacks import TimeBudget
 from sonus.train.checkpoint import load_training_state, save_training_state
 from sonus.train.loggers import log_image
 from sonus.train.plots import plot_curves, plot_spectrograms
@@ -31,13 +32,23 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SepOptimConfig:
-    """Adam(W) with optional linear warmup, then ReduceLROnPlateau on the validation loss."""
+    """AdamW with optional linear warmup, then ``decay``: ``plateau`` (ReduceLROnPlateau on the
+    validation loss) or ``budget`` (linear in wall-clock time to 5% at the end of
+    ``training.time_budget_minutes``, as ASR's ``lr_decay=budget``)."""
 
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 0
     plateau_factor: float = 0.5
     plateau_patience: int = 2
+    decay: Literal["plateau", "budget"] = "plateau"
+    budget_seconds: float | None = None  # decay="budget": the run's time budget
+
+    def __post_init__(self) -> None:
+        if self.decay not in ("plateau", "budget"):
+            raise ValueError(f"training.lr_decay must be plateau or budget for separation, got {self.decay!r}")
+        if self.decay == "budget" and not self.budget_seconds:
+            raise ValueError("training.lr_decay=budget decays over the time budget: set training.time_budget_minutes")
 
 
 @dataclass(frozen=True)
@@ -174,6 +185,11 @@ class SeparationLightning(pl.LightningModule):
     def configure_optimizers(self):
         c = self.optim_cfg
         opt = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        if c.decay == "budget":  # on the TimeBudget callback's clock, which a resumed run restores
+            budget = next((cb for cb in self.trainer.callbacks if isinstance(cb, TimeBudget)), None) if self._trainer else None
+            factor = warmup_decay(c.warmup_steps, "budget", budget_seconds=c.budget_seconds,
+                                  elapsed=budget.elapsed if budget is not None else None)  # fmt: skip
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor), "interval": "step"}}
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=c.plateau_factor, patience=c.plateau_patience)
         scheds = [{"scheduler": plateau, "monitor": "val/loss", "interval": "epoch", "strict": False}]
         if c.warmup_steps > 0:

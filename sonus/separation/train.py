@@ -58,6 +58,7 @@ def train(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
     optim = SepOptimConfig(
         lr=float(t.lr), weight_decay=float(t.weight_decay), warmup_steps=int(t.get("warmup_steps", 0)),
         plateau_factor=float(t.get("plateau_factor", 0.5)), plateau_patience=int(t.get("plateau_patience", 2)),
+        decay=t.get("lr_decay") or "plateau", budget_seconds=float(t.time_budget_minutes) * 60 if t.get("time_budget_minutes") else None,
     )  # fmt: skip
     opts = SepTrainOptions(
         loss=t.get("loss", "si_sdr"), sample_rate=int(d.get("sample_rate", 8000)), plot_dir=str(out / "plots"),

@@ -69,6 +69,10 @@ def test_separate_writes_one_file_per_source(trained, tmp_path):
     assert load_audio(files[0], 8000).shape == load_audio(mix, 8000).shape
     sep = load_separator(out / "best.ckpt")
     assert sep.sample_rate == 8000 and not sep.model.training
+    chunked = tmp_path / "chunked"  # 1 s mixtures in stitched chunks of 0.5 s: same files, same lengths
+    assert main(["separate", f"checkpoint={out / 'best.ckpt'}", f"input={mix}", f"output_dir={chunked}", "chunk_seconds=0.5", "overlap_seconds=0.25"]) == 0
+    assert [f.name for f in sorted(chunked.glob("*.wav"))] == [f.name for f in files]
+    assert load_audio(next(chunked.glob("*.wav")), 8000).shape == load_audio(mix, 8000).shape
 
 
 def test_resume_continues_from_last(trained, tmp_path):
