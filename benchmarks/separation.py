@@ -14,7 +14,8 @@ Nothing of a test speaker or a test noise is seen in training.
 Each model trains in its own ``sonus train`` process with the CPU-sized overrides in MODELS
 for --minutes of wall-clock time on --threads threads (``training.time_budget_minutes``:
 stops when one more step and a validation would overrun, then validates; ``max_time`` is a hard stop one minute
-later; bf16 autocast, which is 1.15-1.4x faster on this CPU; validation every 200 steps), then ``sonus evaluate separation`` scores the best checkpoint (by dev SI-SDR) on
+later; bf16 autocast, which is 1.15-1.4x faster on this CPU; the learning rate decays linearly to
+the end of the budget, ``training.lr_decay=budget``; validation every 200 steps), then ``sonus evaluate separation`` scores the best checkpoint (by dev SI-SDR) on
 the test set: SI-SDRi (PIT) and, with --full-metrics, SDRi, PESQ-nb and STOI. RTF: one
 thread, a 10 s mixture, median of 3 runs (after a warm-up), forward only.
 
@@ -120,7 +121,7 @@ def train_and_score(name: str, root: Path, data: Path, out: Path, minutes: float
         "data.segment_seconds=3.0", "data.val_segment_seconds=4.0", "data.num_workers=0", *params,
         f"training.output_dir={exp}", f"training.time_budget_minutes={minutes}", f"training.max_time=00:{hard // 60:02d}:{hard % 60:02d}:00",
         f"training.num_threads={threads}", "training.precision=bf16-mixed", "training.val_check_interval=200",
-        "training.progress_bar=tqdm", "wandb.enabled=false", "training.resume=false", *overrides,
+        "training.progress_bar=tqdm", "wandb.enabled=false", "training.resume=false", "training.lr_decay=budget", *overrides,
     ]  # fmt: skip
     log = out / f"{name}.train.log"
     t0 = time.time()
