@@ -18,7 +18,7 @@ from sonus.asr.model import TwoPassASR
 from sonus.data.asr_dataset import ASRBatch
 from sonus.metrics.wer import error_rates
 from sonus.text.tokenizer import Tokenizer, tokenizer_to_tensor
-from sonus.train.callbacks import TimeBudget
+from sonus.train.callbacks import budget_clock
 from sonus.train.checkpoint import load_training_state, save_training_state
 from sonus.train.loggers import log_image
 from sonus.train.plots import plot_attention, plot_curves
@@ -213,10 +213,7 @@ class ASRLightning(pl.LightningModule):
     def configure_optimizers(self):
         c = self.optim_cfg
         opt = torch.optim.Adam(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-        # the budget decay follows the TimeBudget callback's clock, which a resumed run restores
-        budget = next((cb for cb in self.trainer.callbacks if isinstance(cb, TimeBudget)), None) if self._trainer else None
-        factor = warmup_decay(c.warmup_steps, c.decay, c.total_steps, budget_seconds=c.budget_seconds,
-                              elapsed=budget.elapsed if budget is not None else None)  # fmt: skip
+        factor = warmup_decay(c.warmup_steps, c.decay, c.total_steps, budget_seconds=c.budget_seconds, elapsed=budget_clock(self))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

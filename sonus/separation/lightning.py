@@ -21,7 +21,7 @@ from sonus.data.separation import SeparationBatch
 from sonus.metrics.signal import si_sdr
 from sonus.separation.loss import Metric, pit, reorder
 from sonus.separation.models import model_spec
-from sonus.train.callbacks import TimeBudget
+from sonus.train.callbacks import budget_clock
 from sonus.train.checkpoint import load_training_state, save_training_state
 from sonus.train.loggers import log_image
 from sonus.train.plots import plot_curves, plot_spectrograms
@@ -185,10 +185,8 @@ class SeparationLightning(pl.LightningModule):
     def configure_optimizers(self):
         c = self.optim_cfg
         opt = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-        if c.decay == "budget":  # on the TimeBudget callback's clock, which a resumed run restores
-            budget = next((cb for cb in self.trainer.callbacks if isinstance(cb, TimeBudget)), None) if self._trainer else None
-            factor = warmup_decay(c.warmup_steps, "budget", budget_seconds=c.budget_seconds,
-                                  elapsed=budget.elapsed if budget is not None else None)  # fmt: skip
+        if c.decay == "budget":
+            factor = warmup_decay(c.warmup_steps, "budget", budget_seconds=c.budget_seconds, elapsed=budget_clock(self))
             return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor), "interval": "step"}}
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=c.plateau_factor, patience=c.plateau_patience)
         scheds = [{"scheduler": plateau, "monitor": "val/loss", "interval": "epoch", "strict": False}]

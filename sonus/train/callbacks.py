@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import lightning.pytorch as pl
 
@@ -67,6 +68,14 @@ class TimeBudget(pl.Callback):
             every = getattr(trainer, "check_val_every_n_epoch", 1)
             if every is not None and (trainer.current_epoch + 1) % every != 0:
                 trainer.check_val_every_n_epoch = 1  # Lightning validates a stopped epoch only if it is due
+
+
+def budget_clock(module: pl.LightningModule) -> Callable[[], float] | None:
+    """The seconds-spent clock of the trainer's :class:`TimeBudget` (which a resumed run
+    restores), for ``lr_decay=budget``; None without a trainer or a budget."""
+    trainer = module._trainer
+    budget = None if trainer is None else next((cb for cb in trainer.callbacks if isinstance(cb, TimeBudget)), None)
+    return None if budget is None else budget.elapsed
 
 
 def set_loader_epoch(loaders, trainer) -> None:
