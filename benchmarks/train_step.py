@@ -3,13 +3,17 @@
     python benchmarks/train_step.py                          # demo and joint_ssi, vocabulary 1024
     python benchmarks/train_step.py --experiments demo --vocab 256 --steps 8 --compile
 
-For each experiment the model is built from its config (with ``model.vocab_size`` set to
-``--vocab``), batches come from the duration-bucketing sampler over the real manifest
-(``--manifest``, the synthetic corpus by default) with the experiment's batch limits, and a
-step is forward + backward + Adam, as in training (SpecAugment on, LAS included). Settings:
-full vs pruned RNN-T loss, fp32 vs bf16 autocast, and ``torch.compile`` of the encoder when
-``--compile`` is given. The same batches are used for every setting. The sampler's padding
-waste (padded frames / all frames over one epoch) is printed first.
+For each experiment the model is built from its config with a SentencePiece tokenizer of
+``--vocab`` pieces (``--tokenizer``, unigram by default, also where the experiment itself
+uses characters, as the demo does: the loss comparison is about a large vocabulary).
+Batches come from the duration-bucketing sampler over the real manifest (``--manifest``, the
+synthetic corpus by default) with the experiment's batch limits, and a step is forward +
+backward + Adam, as in training (SpecAugment on, LAS included). Settings: full vs pruned
+RNN-T loss, fp32 vs bf16 autocast, and ``torch.compile`` of the encoder when ``--compile``
+is given. Every setting gets the same batches, interleaved: each batch runs under every
+setting in turn, ``--repeats`` rounds, and its fastest round counts, so that drift in the
+machine's speed does not favour one setting. The sampler's padding waste (padded frames /
+all frames over one epoch) is printed first.
 """
 
 from __future__ import annotations
@@ -28,12 +32,32 @@ def padding_waste(durations: list[float], batches: list[list[int]]) -> float:
     return 1.0 - real / padded
 
 
+def make_step(model, bf16: bool):
+    """One training step as training runs it: forward (RNN-T + LAS losses), backward, clipping, Adam."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step(batch) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            enc = model.encode(batch.wave, batch.wave_lengths)
+            out = model.losses(enc, batch.targets, batch.target_lengths, 0.1)
+            total = out.rnnt + (out.las if out.las is not None else 0.0)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+
+    return step
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experiments", nargs="+", default=["demo", "joint_ssi"])
     ap.add_argument("--vocab", type=int, default=1024, help="SentencePiece pieces (blank added on top)")
+    ap.add_argument("--tokenizer", choices=("unigram", "bpe", "char", "experiment"), default="unigram",
+                    help="tokenizer kind; char and experiment (the experiment's own) may ignore --vocab")
     ap.add_argument("--manifest", default="data/synth/train.jsonl")
-    ap.add_argument("--steps", type=int, default=5, help="timed steps per setting (after one warm-up step)")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps (batches) per setting, after one warm-up step")
+    ap.add_argument("--repeats", type=int, default=2, help="rounds over the batches; each batch's fastest round counts")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile of the encoder")
     a = ap.parse_args()
@@ -52,12 +76,15 @@ def main() -> None:
 
     utts = read_manifest(a.manifest)
     rows = []
+    vocab: dict[str, str] = {}  # the tokenizer each experiment really got, with the blank
     for exp in a.experiments:
         cfg = compose("train", [f"experiment={exp}", f"model.vocab_size={a.vocab}"])
         t = cfg.training
         norm = dict(cfg.data.normalize)
         texts = normalize_transcripts(utts, a.manifest, norm)
-        tok = train_tokenizer(texts, kind=cfg.model.tokenizer, vocab_size=a.vocab)
+        kind = cfg.model.tokenizer if a.tokenizer == "experiment" else a.tokenizer
+        tok = train_tokenizer(texts, kind=kind, vocab_size=a.vocab)
+        vocab[exp] = f"{kind} {tok.vocab_size}"
         ds = ASRDataset(utts, encode_transcripts(utts, texts, tok, a.manifest), texts, int(cfg.data.sample_rate))
         durations = [u.duration for u in utts]
         sampler = DurationBucketSampler(durations, float(t.max_duration), int(t.batch_size), shuffle=True, seed=0)
@@ -67,6 +94,7 @@ def main() -> None:
         chosen = [collate([ds[i] for i in b]) for b in batches[: a.steps + 1]]
         audio_s = sum(float(b.wave_lengths.sum()) for b in chosen[1:]) / int(cfg.data.sample_rate)
         sa = cfg.model.get("specaugment")
+        settings = []  # (loss, precision, compiled, step function)
         for loss, precision, compiled in itertools.product(("full", "pruned"), ("fp32", "bf16"), (False, True) if a.compile else (False,)):
             torch.manual_seed(0)
             mcfg = model_config_from(cfg.model, tok.vocab_size, int(cfg.data.n_mels), int(cfg.data.sample_rate))
@@ -74,27 +102,26 @@ def main() -> None:
             model = TwoPassASR(mcfg, SpecAugmentConfig(**sa) if sa else None, None).train()
             if compiled:
                 model.encoder = torch.compile(model.encoder)
-            opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-
-            def step(batch) -> None:
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                    enc = model.encode(batch.wave, batch.wave_lengths)
-                    out = model.losses(enc, batch.targets, batch.target_lengths, 0.1)
-                    total = out.rnnt + (out.las if out.las is not None else 0.0)
-                opt.zero_grad(set_to_none=True)
-                total.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-                opt.step()
-
+            settings.append((loss, precision, compiled, make_step(model, precision == "bf16")))
+        for *_, step in settings:
             step(chosen[0])  # warm-up (and compilation)
-            t0 = time.perf_counter()
-            for b in chosen[1:]:
-                step(b)
-            wall = time.perf_counter() - t0
+        # Interleaved: each batch runs under every setting in turn, --repeats times; a setting's time
+        # for a batch is its fastest, so drift in the machine's speed hits every setting alike.
+        best = [[float("inf")] * a.steps for _ in settings]
+        for _ in range(a.repeats):
+            for i, b in enumerate(chosen[1:]):
+                for k, (*_, step) in enumerate(settings):
+                    t0 = time.perf_counter()
+                    step(b)
+                    best[k][i] = min(best[k][i], time.perf_counter() - t0)
+        for (loss, precision, compiled, _), times in zip(settings, best):
+            wall = sum(times)
             rows.append((exp, loss, precision, "on" if compiled else "off", wall / a.steps, audio_s / wall))
             print(f"  {exp} {loss} {precision} compile={'on' if compiled else 'off'}: {wall / a.steps:.2f} s/step, {audio_s / wall:.1f} audio s/s", flush=True)
 
-    print(f"\nvocabulary {a.vocab}, {a.steps} steps per setting, {torch.get_num_threads()} threads")
+    used = ", ".join(f"{e}: {v}" for e, v in vocab.items())
+    print(f"\nvocabulary (with blank) {used}; {a.steps} batches per setting, fastest of {a.repeats} interleaved rounds, "
+          f"{torch.get_num_threads()} threads")
     print("| experiment | loss | precision | compile | s/step | audio s per wall s | vs full fp32 |")
     print("|---|---|---|---|---|---|---|")
     for exp, loss, precision, comp, sps, tput in rows:
