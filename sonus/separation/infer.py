@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from sonus.audio.io import load_audio, save_audio
 from sonus.data.separation import SeparationExample
 from sonus.metrics.signal import bss_sdr, pesq_score, si_sdr, stoi_score
-from sonus.separation.loss import best_permutation, pit, reorder
+from sonus.separation.loss import pit, reorder
 from sonus.separation.models import build_model
 from sonus.train.checkpoint import read_checkpoint
 
@@ -64,8 +64,8 @@ def stitch_chunks(model: nn.Module, mix: torch.Tensor, chunk: int, overlap: int)
     A model trained on short crops keeps its sources in a consistent order only over spans
     like those; over a long recording the order can flip. As continuous speech separation
     does (Yoshioka et al. 2018; Chen et al. 2020), each chunk's outputs are put in the order
-    that best matches what the chunks before it gave over the overlap (the permutation with
-    the highest summed correlation), then cross-faded in linearly. Inputs no longer than
+    that best matches what the chunks before it gave over the overlap (PIT: the permutation
+    with the highest summed SI-SDR), then cross-faded in linearly. Inputs no longer than
     ``chunk`` are separated in one pass.
     """
     if not 0 < overlap < chunk:
@@ -85,11 +85,7 @@ def stitch_chunks(model: nn.Module, mix: torch.Tensor, chunk: int, overlap: int)
         ramp_in = end_prev - s  # samples shared with what is already written
         if ramp_in > 0:
             so_far = out[..., s:end_prev] / weight[s:end_prev]
-            a, b = est[..., :ramp_in], so_far
-            a = a / a.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-            b = b / b.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-            corr = torch.einsum("bit,bjt->bij", a, b)  # (B, C_new, C_so_far)
-            est = reorder(est, best_permutation(corr))
+            est = reorder(est, pit(est[..., :ramp_in], so_far).perm)
         w = est.new_ones(chunk)
         if ramp_in > 0:
             w[:ramp_in] = (torch.arange(ramp_in, dtype=w.dtype, device=w.device) + 0.5) / ramp_in
@@ -260,7 +256,7 @@ def _chunking(sep: Separator, cfg) -> None:
     """``chunk_seconds=S [overlap_seconds=O]`` on the command line: separate in stitched chunks."""
     if cfg.get("chunk_seconds"):
         sep.chunk_seconds = float(cfg.chunk_seconds)
-        sep.overlap_seconds = float(cfg.get("overlap_seconds") or 1.0)
+        sep.overlap_seconds = float(cfg.get("overlap_seconds") or sep.overlap_seconds)
 
 
 def run_evaluate(cfg) -> dict[str, dict[str, float]]:

@@ -17,6 +17,7 @@ from sonus.separation.lightning import (
     SepTrainOptions,
 )
 from sonus.separation.models import build_model
+from sonus.train.schedule import budget_seconds
 from sonus.train.trainer import RunData, build_trainer, resume_path, start_run
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def train(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
     optim = SepOptimConfig(
         lr=float(t.lr), weight_decay=float(t.weight_decay), warmup_steps=int(t.get("warmup_steps", 0)),
         plateau_factor=float(t.get("plateau_factor", 0.5)), plateau_patience=int(t.get("plateau_patience", 2)),
-        decay=t.get("lr_decay") or "plateau", budget_seconds=float(t.time_budget_minutes) * 60 if t.get("time_budget_minutes") else None,
+        decay=t.get("lr_decay") or "plateau", budget_seconds=budget_seconds(t),
     )  # fmt: skip
     opts = SepTrainOptions(
         loss=t.get("loss", "si_sdr"), sample_rate=int(d.get("sample_rate", 8000)), plot_dir=str(out / "plots"),

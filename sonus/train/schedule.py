@@ -68,3 +68,12 @@ def warmup_decay(
         return 1.0
 
     return factor
+
+
+def budget_seconds(training) -> float | None:
+    """``training.time_budget_minutes`` in seconds (None without one), for ``lr_decay=budget``,
+    which cannot run without it."""
+    seconds = float(training.time_budget_minutes) * 60.0 if training.get("time_budget_minutes") else None
+    if training.get("lr_decay") == "budget" and seconds is None:
+        raise ValueError("training.lr_decay=budget decays over the time budget: set training.time_budget_minutes")
+    return seconds

@@ -15,7 +15,7 @@ from sonus.audio.augment import NoiseConfig, NoiseMixer, speed_perturb
 from sonus.train.callbacks import SamplerEpoch, TimeBudget
 from sonus.train.checkpoint import AtomicCheckpointIO
 from sonus.train.plots import plot_attention, plot_curves
-from sonus.train.schedule import warmup_decay
+from sonus.train.schedule import budget_seconds, warmup_decay
 
 
 def test_warmup_then_decay():
@@ -31,6 +31,15 @@ def test_warmup_then_decay():
         warmup_decay(10, "linear")
     with pytest.raises(ValueError, match="time budget"):
         warmup_decay(10, "budget")
+
+
+def test_budget_seconds_from_the_training_config():
+    from omegaconf import OmegaConf
+
+    assert budget_seconds(OmegaConf.create({"time_budget_minutes": 14, "lr_decay": "budget"})) == 840.0
+    assert budget_seconds(OmegaConf.create({"time_budget_minutes": None, "lr_decay": "plateau"})) is None
+    with pytest.raises(ValueError, match="training.time_budget_minutes"):
+        budget_seconds(OmegaConf.create({"time_budget_minutes": None, "lr_decay": "budget"}))
 
 
 def test_budget_decay_follows_the_clock():
