@@ -33,8 +33,11 @@ def padding_waste(durations: list[float], batches: list[list[int]]) -> float:
 
 
 def make_step(model, bf16: bool):
-    """One training step as training runs it: forward (RNN-T + LAS losses), backward, clipping, Adam."""
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    """One training step as training runs it: forward (RNN-T + LAS losses), backward, clipping,
+    Adam (training's, :func:`sonus.train.optim.adam`: the fused kernel)."""
+    from sonus.train.optim import adam
+
+    opt = adam(model.parameters(), 1e-4)
 
     def step(batch) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):

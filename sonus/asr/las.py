@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from sonus.asr.config import LASConfig
 from sonus.text.tokenizer import EOS
@@ -93,11 +92,8 @@ class LAS(nn.Module):
 
     def listen(self, enc: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Shared encoder output (B, T, H) -> values (B, T, D), pre-projected keys (B, T, A), mask (B, T)."""
-        packed = pack_padded_sequence(enc, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
-        values, _ = self.listener(packed)
-        values, _ = pad_packed_sequence(values, batch_first=True, total_length=enc.shape[1])
-        values = self.dropout(values)
         mask = torch.arange(enc.shape[1], device=enc.device)[None, :] < lengths[:, None]
+        values = self.dropout(padded_bilstm(self.listener, enc, lengths, mask))
         return values, self.attention.k(values), mask
 
     def initial_state(self, values: torch.Tensor, mask: torch.Tensor):
@@ -154,6 +150,31 @@ class LAS(nn.Module):
                 contexts, w = torch.stack(ctxs, 1), torch.stack(weights, 1)
             feat = torch.cat([hs, contexts], dim=-1)
         return LASOutput(self.out(self.dropout(feat)), w)
+
+
+def padded_bilstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A one-layer bidirectional batch-first ``lstm`` over a padded batch x (B, T, H) -> (B, T, 2 Hl),
+    equal to running it on the packed batch, zeros at padded frames.
+
+    A packed batch makes PyTorch's CPU LSTM run frame by frame under autograd (the fast
+    oneDNN kernel takes padded input only). So each direction runs padded with the module's
+    own weights: the forward one as is (padding comes after every valid frame), the
+    backward one on each sequence reversed within its length. On the demo's LAS (B 32, T 40)
+    this makes the listener's forward and backward about 3x faster.
+    """
+    if lstm.num_layers != 1 or not lstm.bidirectional or not lstm.batch_first or lstm.proj_size:
+        raise ValueError("padded_bilstm: needs a one-layer bidirectional batch-first LSTM without projection")
+    B, T, _ = x.shape
+    t = torch.arange(T, device=x.device)[None, :]
+    ln = lengths.to(x.device).long()[:, None]
+    rev = torch.where(t < ln, ln - 1 - t, t)  # (B, T): a permutation of each row, its own inverse
+    x_rev = x.gather(1, rev[..., None].expand_as(x))
+    hx = x.new_zeros(1, B, lstm.hidden_size)
+    names = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")[: 4 if lstm.bias else 2]
+    fwd = torch.lstm(x, (hx, hx), [getattr(lstm, n) for n in names], lstm.bias, 1, 0.0, lstm.training, False, True)[0]
+    bwd = torch.lstm(x_rev, (hx, hx), [getattr(lstm, n + "_reverse") for n in names], lstm.bias, 1, 0.0, lstm.training, False, True)[0]
+    bwd = bwd.gather(1, rev[..., None].expand_as(bwd))
+    return torch.cat([fwd, bwd], dim=-1) * mask[..., None].to(fwd.dtype)
 
 
 def las_targets(targets: torch.Tensor, target_lengths: torch.Tensor, pad: int = -100) -> torch.Tensor:

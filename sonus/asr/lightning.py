@@ -21,6 +21,7 @@ from sonus.text.tokenizer import Tokenizer, tokenizer_to_tensor
 from sonus.train.callbacks import budget_clock
 from sonus.train.checkpoint import load_training_state, save_training_state
 from sonus.train.loggers import log_image
+from sonus.train.optim import adam
 from sonus.train.plots import plot_attention, plot_curves
 from sonus.train.schedule import warmup_decay
 
@@ -212,7 +213,7 @@ class ASRLightning(pl.LightningModule):
     # -- optimisation and checkpoints -----------------------------------------------------
     def configure_optimizers(self):
         c = self.optim_cfg
-        opt = torch.optim.Adam(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        opt = adam(self.model.parameters(), c.lr, c.weight_decay)
         factor = warmup_decay(c.warmup_steps, c.decay, c.total_steps, budget_seconds=c.budget_seconds, elapsed=budget_clock(self))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

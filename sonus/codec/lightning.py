@@ -28,6 +28,7 @@ from sonus.metrics.codebook import CodebookCounter
 from sonus.metrics.signal import si_sdr
 from sonus.train.checkpoint import load_training_state, save_training_state
 from sonus.train.loggers import log_image
+from sonus.train.optim import adam
 from sonus.train.plots import plot_curves, plot_spectrograms
 from sonus.train.schedule import warmup_decay
 
@@ -172,12 +173,12 @@ class CodecLightning(pl.LightningModule):
 
     def configure_optimizers(self):
         c = self.optim_cfg
-        opt = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        opt = adam(self.model.parameters(), c.lr, c.weight_decay, decoupled=True)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_decay(c.warmup_steps, "cosine", c.total_steps))
         adv = self.opts.adversarial
         if adv is None:
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-        opt_d = torch.optim.AdamW(self.discriminator.parameters(), lr=adv.lr, betas=adv.betas, weight_decay=c.weight_decay)
+        opt_d = adam(self.discriminator.parameters(), adv.lr, c.weight_decay, decoupled=True, betas=tuple(adv.betas))
         return [opt, opt_d], [{"scheduler": sched, "interval": "step"}]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +72,7 @@ class DynamicMixDataset(Dataset):
     different speakers and a noise file and mixes them with :func:`mix_sources`.
 
     Speakers are drawn in proportion to their number of utterances (so every utterance is
-    equally likely), then an utterance of each. Item ``index`` depends only on ``(seed,
+    equally likely), or to ``speaker_weights``, then an utterance of each. Item ``index`` depends only on ``(seed,
     epoch, index)``: :meth:`set_epoch` gives new mixtures, the same triple the same one.
     Loaded audio (resampled once to ``cfg.sample_rate``) is cached, per DataLoader worker.
 
@@ -87,9 +87,12 @@ class DynamicMixDataset(Dataset):
         speed_factors: speed perturbation of the sources (Ko et al. 2015), one factor drawn per
             source from these, e.g. (0.95, 1.0, 1.05) as SpeechBrain's WSJ0-2mix recipes: tempo
             and pitch move together, so the pool seems to hold more speakers. ``None``: off.
+        speaker_weights: how likely each speaker is to be drawn (any positive scale), instead
+            of its number of utterances; :meth:`from_pools` sets it.
 
     Raises:
-        ValueError: an utterance lacks a speaker or audio, or fewer than ``n_src`` speakers.
+        ValueError: an utterance lacks a speaker or audio, fewer than ``n_src`` speakers, or
+            ``speaker_weights`` misses a speaker or has a weight that is not positive.
     """
 
     def __init__(
@@ -103,6 +106,7 @@ class DynamicMixDataset(Dataset):
         cache_mb: float = 1024.0,
         noise_files: Sequence[str | os.PathLike] | None = None,
         speed_factors: Sequence[float] | None = None,
+        speaker_weights: Mapping[str, float] | None = None,
     ) -> None:
         if num_items < 1:
             raise ValueError(f"DynamicMixDataset: num_items must be >= 1, got {num_items}")
@@ -119,7 +123,14 @@ class DynamicMixDataset(Dataset):
                              f"{len(by_speaker)}: {sorted(by_speaker)}")  # fmt: skip
         self.speakers = sorted(by_speaker)
         self.by_speaker = {s: sorted(by_speaker[s], key=lambda u: u.id) for s in self.speakers}
-        counts = np.array([len(self.by_speaker[s]) for s in self.speakers], dtype=np.float64)
+        if speaker_weights is None:
+            counts = np.array([len(self.by_speaker[s]) for s in self.speakers], dtype=np.float64)
+        else:
+            if missing := [s for s in self.speakers if s not in speaker_weights]:
+                raise ValueError(f"DynamicMixDataset: speaker_weights has no weight for speakers {missing[:5]}")
+            counts = np.array([float(speaker_weights[s]) for s in self.speakers], dtype=np.float64)
+            if not np.all(counts > 0):
+                raise ValueError(f"DynamicMixDataset: speaker_weights must be > 0, got {dict(zip(self.speakers, counts))}")
         self.weights = counts / counts.sum()
         if noise_files is not None:
             self.noise_files = [Path(p) for p in noise_files]
@@ -143,6 +154,29 @@ class DynamicMixDataset(Dataset):
                       speakers: Iterable[str] | None = None, **kwargs) -> DynamicMixDataset:  # fmt: skip
         """From a sonus manifest whose lines give ``speaker``."""
         return cls(keep_speakers(read_manifest(path), speakers), cfg, num_items, **kwargs)
+
+    @classmethod
+    def from_pools(cls, pools: Sequence[tuple[Sequence[Utterance], float]], cfg: MixConfig, num_items: int,
+                   **kwargs) -> DynamicMixDataset:  # fmt: skip
+        """One dataset over several corpora, ``pools`` of ``(utterances, share)``: a drawn speaker
+        comes from a pool with probability ``share`` (normalised over the pools), and within it
+        in proportion to its utterances, so a small real corpus is not drowned by a large
+        synthetic one. A speaker name may appear in one pool only.
+        """
+        weights: dict[str, float] = {}
+        utterances: list[Utterance] = []
+        for i, (utts, share) in enumerate(pools):
+            if not share > 0 or not utts:
+                raise ValueError(f"DynamicMixDataset.from_pools: pool {i} needs utterances and a share > 0, got "
+                                 f"{len(utts)} utterances and share {share}")  # fmt: skip
+            mine = {u.speaker for u in utts}
+            if clash := mine & weights.keys():
+                raise ValueError(f"DynamicMixDataset.from_pools: speakers {sorted(clash)[:5]} are in pool {i} and an earlier one")
+            for u in utts:  # a missing speaker is reported by __init__
+                if u.speaker is not None:
+                    weights[u.speaker] = weights.get(u.speaker, 0.0) + float(share) / len(utts)
+            utterances.extend(utts)
+        return cls(utterances, cfg, num_items, speaker_weights=weights, **kwargs)
 
     def set_epoch(self, epoch: int) -> None:
         """Draw the mixtures of ``epoch``."""

@@ -58,6 +58,7 @@ def _librimix(d: Mapping[str, Any], split: Split, seed: int, seg: float | None, 
         speaker_split,
     )
     from sonus.data.librimix_folder import LibriMixDataset
+    from sonus.data.manifest import read_manifest
     from sonus.data.separation import LimitedDataset, SegmentedDataset
 
     sr, mode = int(d.get("sample_rate", 8000)), d.get("mode", "min")
@@ -75,8 +76,17 @@ def _librimix(d: Mapping[str, Any], split: Split, seed: int, seg: float | None, 
         )  # fmt: skip
         mixture = d.get("mixture", "mix_clean") if dyn.get("noise") else "mix_clean"
         speed = dyn.get("speed_perturb")
-        return DynamicMixDataset(keep_speakers(utts, speakers), cfg, int(_get(dyn, "num_items", 2000)), seed=seed, mixture=mixture,
-                                 speed_factors=None if speed is None else [float(f) for f in speed])  # fmt: skip
+        kwargs = {"seed": seed, "mixture": mixture, "speed_factors": None if speed is None else [float(f) for f in speed]}
+        pools = [(keep_speakers(utts, speakers), 1.0 - sum(float(_get(x, "share", 0.0)) for x in dyn.get("extra") or []))]
+        for i, extra in enumerate(dyn.get("extra") or []):  # more voices: manifests whose lines give `speaker`
+            if not _get(extra, "manifest", None):
+                raise ValueError(f"data.dynamic_mixing.extra[{i}].manifest: the manifest to mix from is not set")
+            pools.append((read_manifest(extra["manifest"]), float(_get(extra, "share", 0.0))))
+        if len(pools) == 1:
+            return DynamicMixDataset(pools[0][0], cfg, int(_get(dyn, "num_items", 2000)), **kwargs)
+        if not pools[0][1] > 0:
+            raise ValueError(f"data.dynamic_mixing.extra: the shares add up to {1 - pools[0][1]:g}; they must leave some for the source")
+        return DynamicMixDataset.from_pools(pools, cfg, int(_get(dyn, "num_items", 2000)), **kwargs)
     root = d.get("root")
     if not root:
         raise ValueError("data.root: the LibriMix folder (from `sonus prepare librimix` or the real LibriMix) is not set")

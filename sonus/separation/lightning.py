@@ -24,6 +24,7 @@ from sonus.separation.models import model_spec
 from sonus.train.callbacks import budget_clock
 from sonus.train.checkpoint import load_training_state, save_training_state
 from sonus.train.loggers import log_image
+from sonus.train.optim import adam
 from sonus.train.plots import plot_curves, plot_spectrograms
 from sonus.train.schedule import warmup_decay
 
@@ -184,7 +185,7 @@ class SeparationLightning(pl.LightningModule):
     # -- optimisation, checkpoints --------------------------------------------------------------
     def configure_optimizers(self):
         c = self.optim_cfg
-        opt = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        opt = adam(self.model.parameters(), c.lr, c.weight_decay, decoupled=True)
         if c.decay == "budget":
             factor = warmup_decay(c.warmup_steps, "budget", budget_seconds=c.budget_seconds, elapsed=budget_clock(self))
             return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor), "interval": "step"}}

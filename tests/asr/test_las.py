@@ -71,3 +71,28 @@ def test_rescoring_equals_teacher_forcing_per_hypothesis(input_feeding):
             with torch.no_grad():
                 ref = las_sequence_logprob(las(enc[b : b + 1, : int(lengths[b])], lengths[b : b + 1], t), t, tl)
             assert h.las_score == pytest.approx(float(ref), abs=1e-4)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_listener_on_the_padded_batch_equals_the_packed_one(training):
+    """``padded_bilstm`` (each direction run padded, the backward one on reversed sequences)
+    gives what the BiLSTM gives on the packed batch, values and gradients, zeros at padding."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    from sonus.asr.las import padded_bilstm
+
+    las = _las("dot", False).train(training)
+    enc, lengths, _ = _inputs()
+    mask = torch.arange(enc.shape[1])[None, :] < lengths[:, None]
+    x1, x2 = enc.clone().requires_grad_(True), enc.clone().requires_grad_(True)
+    packed = pack_padded_sequence(x1, lengths, batch_first=True, enforce_sorted=False)
+    ref, _ = pad_packed_sequence(las.listener(packed)[0], batch_first=True, total_length=enc.shape[1])
+    out = padded_bilstm(las.listener, x2, lengths, mask)
+    torch.testing.assert_close(out, ref)
+    assert (out[~mask] == 0).all()
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    (ref * w).sum().backward()
+    (out * w).sum().backward()
+    torch.testing.assert_close(x2.grad, x1.grad)
+    with pytest.raises(ValueError, match="one-layer bidirectional"):
+        padded_bilstm(torch.nn.LSTM(16, 4, batch_first=True), enc, lengths, mask)

@@ -72,14 +72,23 @@ def test_ranges_follow_the_occupancy():
         assert s[0, t] <= min(t, U) < s[0, t] + S
 
 
-def test_pruned_loss_with_full_window_equals_full_loss():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pruned_loss_with_full_window_equals_full_loss(dtype):
+    """The pruned loss keeps its log-softmax for the gradient, the full loss recomputes it:
+    on the same logits both give the same loss and gradient, also from bf16 logits."""
     targets, T_b, U_b, enc, pred, w = _case(1)
     B, T, U1 = enc.shape[0], enc.shape[1], pred.shape[1]
-    joint = lambda e, p: torch.tanh(e + p) @ w.to(e.dtype)  # noqa: E731
-    full = rnnt_loss(joint(enc[:, :, None], pred[:, None]), targets, T_b, U_b, reduction="none")
-    ranges = torch.zeros(B, T, dtype=torch.long)
-    pruned = pruned_rnnt_loss(joint(enc[:, :, None], gather_pruned(pred, ranges, U1)), targets, ranges, T_b, U_b, reduction="none")
+    logits = (torch.tanh(enc[:, :, None] + pred[:, None]) @ w).to(dtype)  # (B, T, U+1, V), u = s
+    a, b = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    full = rnnt_loss(a, targets, T_b, U_b, reduction="none")
+    pruned = pruned_rnnt_loss(b, targets, torch.zeros(B, T, dtype=torch.long), T_b, U_b, reduction="none")
+    assert full.dtype == pruned.dtype == torch.float32
     torch.testing.assert_close(pruned, full)
+    (full * torch.arange(1.0, B + 1)).sum().backward()
+    (pruned * torch.arange(1.0, B + 1)).sum().backward()
+    assert a.grad.dtype == b.grad.dtype == dtype
+    torch.testing.assert_close(b.grad, a.grad)
+    assert U1 == logits.shape[2] and float(a.grad.abs().sum()) > 0
 
 
 def test_pruned_loss_bounds_the_full_loss_and_has_the_right_gradient():

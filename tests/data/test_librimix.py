@@ -273,6 +273,36 @@ def test_dynamic_mixing_from_a_manifest(corpus, tmp_path):
         DynamicMixDataset(anonymous, MixConfig(), 3)
 
 
+def test_dynamic_mixing_pools_draw_speakers_by_share(corpus, tmp_path):
+    """A big extra corpus (4 speakers x 12 utterances) at share 0.2 beside the small one (6 x 3):
+    by utterance counts it would give 73% of the speakers, by share about 20%."""
+    from sonus.separation.config import build_dataset
+
+    extra = make_librispeech(tmp_path / "extra", speakers=["x1", "x2", "x3", "x4"], per_speaker=12)
+    manifest = tmp_path / "extra.jsonl"
+    write_manifest(manifest, librispeech_utterances(extra))
+    d = {"kind": "librimix", "sample_rate": 8000, "mode": "min",
+         "dynamic_mixing": {"enabled": True, "source": str(corpus), "dev_speakers": 0, "test_speakers": 0, "num_items": 600,
+                            "extra": [{"manifest": str(manifest), "share": 0.2}]}}  # fmt: skip
+    data = build_dataset(d, "train")
+    drawn = [u.speaker for i in range(600) for u in data.draw(i).utterances]
+    share = sum(s.startswith("x") for s in drawn) / len(drawn)
+    assert 0.13 < share < 0.28, share
+    assert {s for s in drawn if s.startswith("x")} == {"x1", "x2", "x3", "x4"}
+    assert data[0].mix.shape[0] > 0
+    d["dynamic_mixing"]["extra"][0]["share"] = 1.0
+    with pytest.raises(ValueError, match="shares add up to 1"):
+        build_dataset(d, "train")
+    del d["dynamic_mixing"]["extra"][0]["manifest"]
+    with pytest.raises(ValueError, match=r"extra\[0\]\.manifest"):
+        build_dataset(d, "train")
+    utts = librispeech_utterances(corpus)
+    with pytest.raises(ValueError, match="in pool 1 and an earlier one"):
+        DynamicMixDataset.from_pools([(utts, 0.5), (utts[:3], 0.5)], MixConfig(), 3)
+    with pytest.raises(ValueError, match="no weight for speakers"):
+        DynamicMixDataset(utts, MixConfig(), 3, speaker_weights={"103": 1.0})
+
+
 # --- the recipe and the reader -----------------------------------------------------------
 
 

@@ -297,3 +297,24 @@ def test_build_trainer_adds_top_k_and_early_stopping(tmp_path):
     assert len(es) == 1 and es[0].patience == 2 and es[0].monitor == "val/select"
     ck = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor == "val_loss"]
     assert len(ck) == 1 and ck[0].save_top_k == 3 and ck[0].filename == "rnnt-{epoch:02d}-{val_loss:.2f}"
+
+
+def test_adam_uses_the_fused_kernel_and_matches_the_loop():
+    from sonus.train.optim import adam
+
+    torch.manual_seed(0)
+    nets = [torch.nn.Linear(5, 3) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    fused = adam(nets[0].parameters(), 1e-2, 0.1, decoupled=True)
+    loop = adam(nets[1].parameters(), 1e-2, 0.1, decoupled=True, fused=False)
+    assert isinstance(fused, torch.optim.AdamW) and fused.param_groups[0]["fused"] is True
+    assert not loop.param_groups[0]["fused"]
+    x = torch.randn(8, 5)
+    for _ in range(5):
+        for net, opt in zip(nets, (fused, loop)):
+            opt.zero_grad()
+            net(x).square().sum().backward()
+            opt.step()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a, b)
+    assert type(adam([torch.nn.Parameter(torch.ones(2))], 1e-3)) is torch.optim.Adam

@@ -44,13 +44,6 @@ def log_cumsum_forward(a_in: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return c + torch.logcumsumexp(a_in - c, dim=1)
 
 
-def _log_cumsum_backward(b_in: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """beta[u] = logaddexp(b_in[u], beta[u+1] + y[u]) for all u at once (right to left)."""
-    c = _exclusive_cumsum(y)
-    rev = torch.logcumsumexp((b_in + c).flip(1), dim=1).flip(1)
-    return rev - c
-
-
 def rnnt_lattice(
     blank_lp: torch.Tensor, label_lp: torch.Tensor, logit_lengths: torch.Tensor, target_lengths: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -75,25 +68,36 @@ def rnnt_lattice(
     # number rather than -inf, so the cumulative sums stay finite (exp() of it is 0).
     label_lp = torch.where(u_idx[None, None, :] < target_lengths[:, None, None], label_lp, neg_inf)
     label_lp_c = label_lp.clamp(min=BLOCKED)
+    # The per-frame work is a few ops on (B, U+1) rows, so everything that does not depend on
+    # the previous frame is done for all frames at once: the label log-probs' exclusive
+    # cumulative sums, and the masks as additive 0 / -inf terms.
+    c = torch.cat([label_lp_c.new_zeros(B, T, 1), torch.cumsum(label_lp_c[:, :, :-1], dim=2)], dim=2)  # (B, T, U+1)
+    outside = torch.zeros(B, U1, device=dev, dtype=dt).masked_fill_(~inside_u, float("-inf"))  # (B, U+1)
 
-    alpha = torch.full((B, T, U1), float("-inf"), device=dev, dtype=dt)
+    alpha = torch.empty((B, T, U1), device=dev, dtype=dt)
     a_in = torch.full((B, U1), float("-inf"), device=dev, dtype=dt)
     a_in[:, 0] = 0.0
     for t in range(T):
         if t > 0:
             a_in = alpha[:, t - 1] + blank_lp[:, t - 1]
-        a = log_cumsum_forward(a_in, label_lp_c[:, t])
-        alpha[:, t] = torch.where(inside_u, a, neg_inf)
+        ct = c[:, t]
+        torch.logcumsumexp(a_in - ct, dim=1, out=alpha[:, t])
+        alpha[:, t] += ct + outside
 
-    beta = torch.full((B, T, U1), float("-inf"), device=dev, dtype=dt)
+    # Backward: beta[t, u] = logaddexp(b_in[u], beta[t, u+1] + y[t, u]) is a right-to-left
+    # log-cumulative-sum of b_in + c, minus c. A frame past T_b is -inf; at t = T_b - 1 the
+    # arrivals come from the virtual beta[T_b] (one-hot at U_b).
+    beta = torch.empty((B, T, U1), device=dev, dtype=dt)
     final = torch.where(u_idx[None, :] == target_lengths[:, None], 0.0, float("-inf")).to(dt)  # (B, U+1)
+    flipped = torch.empty((B, U1), device=dev, dtype=dt)
     b_next = torch.full((B, U1), float("-inf"), device=dev, dtype=dt)
     for t in range(T - 1, -1, -1):
         is_last = (logit_lengths - 1 == t)[:, None]
-        b_next = torch.where(is_last, final, b_next)  # virtual beta[T_b] = one-hot at U_b
-        b_in = blank_lp[:, t] + b_next
-        b = _log_cumsum_backward(b_in, label_lp_c[:, t])
-        b = torch.where(inside_u & (t < logit_lengths)[:, None], b, neg_inf)
+        b_next = torch.where(is_last, final, b_next)
+        ct = c[:, t]
+        torch.logcumsumexp((blank_lp[:, t] + b_next + ct).flip(1), dim=1, out=flipped)
+        b = flipped.flip(1).sub_(ct).add_(outside)
+        b.masked_fill_((t >= logit_lengths)[:, None], float("-inf"))
         beta[:, t] = b
         b_next = b
 

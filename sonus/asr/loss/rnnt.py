@@ -68,15 +68,26 @@ class _TransducerLoss(torch.autograd.Function):
             tgt = tgt_pad.gather(1, u_index.reshape(B, T * S)).reshape(B, T, S)
         tgt_idx = tgt[..., None]  # (B, T, S, 1)
 
-        # Arc log-probabilities: logit - logsumexp over V, a chunk of utterances at a time.
+        # Arc log-probabilities: logit - logsumexp over V, a chunk of utterances at a time. The
+        # pruned loss' S-wide tensor is small: its log-softmax (one fused kernel) is kept for the
+        # gradient pass, in the gradient's own buffer when that is fp32 already, so fp32 memory
+        # does not grow; the full loss recomputes it, to keep its memory at that one buffer.
+        grad = torch.empty_like(logits)
         blank_s = torch.empty(B, T, S, dtype=torch.float64, device=logits.device)
         label_s = torch.empty_like(blank_s)
         lse = torch.empty(B, T, S, dtype=cdt, device=logits.device)
+        kept: list[torch.Tensor] = []
         for c in _chunks(B, T * S * V):
-            x = logits[c].to(cdt)
-            lse[c] = torch.logsumexp(x, dim=-1) if fused else 0.0  # unfused: x are log-probabilities
-            blank_s[c] = (x[..., blank] - lse[c]).double()
-            label_s[c] = (x.gather(3, tgt_idx[c]).squeeze(3) - lse[c]).double()
+            if fused and not full:
+                x = torch.log_softmax(logits[c], dim=-1, out=grad[c]) if grad.dtype == cdt else torch.log_softmax(logits[c], dim=-1, dtype=cdt)
+                kept.append(x)
+                off: torch.Tensor | float = 0.0
+            else:
+                x = logits[c].to(cdt)
+                lse[c] = torch.logsumexp(x, dim=-1) if fused else 0.0  # unfused: x are log-probabilities
+                off = lse[c]
+            blank_s[c] = (x[..., blank] - off).double()
+            label_s[c] = (x.gather(3, tgt_idx[c]).squeeze(3) - off).double()
             del x
         if full:
             blank_lp, label_lp = blank_s, label_s
@@ -95,15 +106,17 @@ class _TransducerLoss(torch.autograd.Function):
         g_blank, g_label = g_blank.to(cdt), g_label.to(cdt)
 
         # dL/dz = softmax(z) * (g_blank + g_label) - g_blank * 1[v=blank] - g_label * 1[v=y]
-        grad = torch.empty_like(logits)
         g_sum = (g_blank + g_label)[..., None]
-        for c in _chunks(B, T * S * V):
-            g = grad[c] if grad.dtype == cdt else torch.empty(grad[c].shape, dtype=cdt, device=grad.device)
-            if fused:
-                torch.sub(logits[c].to(cdt), lse[c][..., None], out=g)
-                g.exp_().mul_(g_sum[c])
-            else:  # the gradient with respect to log-probabilities: only the arcs' own terms
-                g.zero_()
+        for i, c in enumerate(_chunks(B, T * S * V)):
+            if kept:  # the log-softmax of the first pass becomes the softmax, in place
+                g = kept[i].exp_().mul_(g_sum[c])
+            else:
+                g = grad[c] if grad.dtype == cdt else torch.empty(grad[c].shape, dtype=cdt, device=grad.device)
+                if fused:
+                    torch.sub(logits[c].to(cdt), lse[c][..., None], out=g)
+                    g.exp_().mul_(g_sum[c])
+                else:  # the gradient with respect to log-probabilities: only the arcs' own terms
+                    g.zero_()
             g[..., blank] -= g_blank[c]
             g.scatter_add_(3, tgt_idx[c], -g_label[c][..., None])
             if clamp > 0:

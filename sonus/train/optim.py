@@ -1,0 +1,38 @@
+"""The optimizer every task trains with: Adam or AdamW on PyTorch's fused kernel where it can.
+
+The default Adam loops over parameter tensors in Python on CPU (``foreach`` is CUDA-only by
+default). The fused kernel does the update of every tensor in one call: on the demo model
+(154 tensors, 5.3M parameters, 2 CPU threads) an Adam step takes 3.4 ms instead of 11.5 ms.
+The update is the same algorithm; results differ from the looped one only by rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+# Devices with a fused Adam/AdamW kernel in the PyTorch that sonus pins.
+_FUSED_DEVICES = ("cpu", "cuda")
+
+
+def adam(
+    params: Iterable[torch.nn.Parameter],
+    lr: float,
+    weight_decay: float = 0.0,
+    *,
+    decoupled: bool = False,
+    betas: tuple[float, float] = (0.9, 0.999),
+    fused: bool | None = None,
+) -> torch.optim.Optimizer:
+    """Adam, or AdamW (weight decay decoupled from the gradient) when ``decoupled``.
+
+    ``fused=None`` uses the fused kernel when every parameter is a floating-point tensor on a
+    device that has one, and the default implementation otherwise (a meta or MPS tensor, say).
+    Call it once the parameters are on their device (Lightning's ``configure_optimizers`` is).
+    """
+    params = list(params)
+    if fused is None:
+        fused = bool(params) and all(p.is_floating_point() and p.device.type in _FUSED_DEVICES for p in params)
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    return cls(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None)
