@@ -28,7 +28,7 @@ from sonus.metrics.codebook import CodebookCounter
 from sonus.metrics.signal import si_sdr
 from sonus.train.checkpoint import load_training_state, save_training_state
 from sonus.train.loggers import log_image
-from sonus.train.optim import adam
+from sonus.train.optim import adam, clip_gradients, fused_allowed
 from sonus.train.plots import plot_curves, plot_spectrograms
 from sonus.train.schedule import warmup_decay
 
@@ -127,7 +127,7 @@ class CodecLightning(pl.LightningModule):
         opt_g = self.optimizers()[0]
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        self.clip_gradients(opt_g, gradient_clip_val=self.opts.grad_clip, gradient_clip_algorithm="norm")
+        clip_gradients(self, opt_g, self.opts.grad_clip)
         opt_g.step()
         sched = self.lr_schedulers()
         (sched[0] if isinstance(sched, list) else sched).step()
@@ -173,12 +173,12 @@ class CodecLightning(pl.LightningModule):
 
     def configure_optimizers(self):
         c = self.optim_cfg
-        opt = adam(self.model.parameters(), c.lr, c.weight_decay, decoupled=True)
+        opt = adam(self.model.parameters(), c.lr, c.weight_decay, decoupled=True, fused=fused_allowed(self))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_decay(c.warmup_steps, "cosine", c.total_steps))
         adv = self.opts.adversarial
         if adv is None:
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-        opt_d = adam(self.discriminator.parameters(), adv.lr, c.weight_decay, decoupled=True, betas=tuple(adv.betas))
+        opt_d = adam(self.discriminator.parameters(), adv.lr, c.weight_decay, decoupled=True, betas=tuple(adv.betas), fused=fused_allowed(self))
         return [opt, opt_d], [{"scheduler": sched, "interval": "step"}]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -36,3 +36,27 @@ def adam(
         fused = bool(params) and all(p.is_floating_point() and p.device.type in _FUSED_DEVICES for p in params)
     cls = torch.optim.AdamW if decoupled else torch.optim.Adam
     return cls(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None)
+
+
+def fused_allowed(module) -> bool | None:
+    """``fused`` for :func:`adam` in a LightningModule's ``configure_optimizers``: ``False`` when
+    Lightning scales fp16 gradients (a fused step would unscale them itself, after clipping
+    saw them scaled), else ``None`` (decide by device)."""
+    return False if getattr(module.trainer.precision_plugin, "scaler", None) is not None else None
+
+
+def clip_gradients(module, optimizer: torch.optim.Optimizer, value: float | None, algorithm: str | None = "norm") -> None:
+    """``LightningModule.clip_gradients`` that also takes a fused optimizer when no gradient
+    scaler is at work (fp32, bf16). Lightning's mixed-precision plugin refuses every fused
+    optimizer, because of fp16's scaling; :func:`fused_allowed` keeps fused optimizers away
+    from that case. Use it in ``configure_gradient_clipping`` and in manual steps."""
+    if not value:
+        return
+    if getattr(optimizer, "_step_supports_amp_scaling", False) and getattr(module.trainer.precision_plugin, "scaler", None) is None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, value)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, value)
+        return
+    module.clip_gradients(optimizer, gradient_clip_val=value, gradient_clip_algorithm=algorithm)

@@ -115,8 +115,11 @@ def test_pruned_loss_trains(tone_corpus, tmp_path):
     cfg = compose("train", [
         f"data.train_manifest={tone_corpus['train']}", f"data.dev_manifest={tone_corpus['dev']}", f"training.output_dir={out}",
         "training.num_epochs=8", "model.loss=pruned", "model.pruned.range=3", "model.pruned.warmup_steps=10", *TINY,
+        "training.precision=bf16-mixed", "training.grad_clip=5.0",  # as the demo: fused Adam, clipped under bf16
     ])  # fmt: skip
     train(cfg)
+    ck = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ck["optimizer_states"][0]["param_groups"][0]["fused"] is True
     scalars = _scalars(out / "tensorboard")
     assert "train/loss_rnnt_simple" in scalars and "train/loss_rnnt_pruned" in scalars
     val = scalars["val/loss_rnnt"]

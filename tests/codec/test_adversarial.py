@@ -65,9 +65,10 @@ def test_gan_training_steps_both_networks_and_counts_tokenizer_steps(tmp_path):
     out = tmp_path / "exp"
     gan = ["model.adversarial.enabled=true", "model.adversarial.start_step=2", "model.adversarial.discriminator.channels=2",
            "model.adversarial.discriminator.periods=[2,3]", "model.adversarial.discriminator.scales=2"]  # fmt: skip
-    args = tiny_train_args(src, out, epochs=2) + gan
+    args = tiny_train_args(src, out, epochs=2) + gan + ["training.precision=bf16-mixed"]  # manual clipping of fused AdamW
     assert main(args) == 0
     ck = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
+    assert all(s["param_groups"][0]["fused"] is True for s in ck["optimizer_states"])
     from sonus.data.audio_dataset import split_utterances
     from sonus.data.librimix import librispeech_utterances
 
