@@ -72,8 +72,9 @@ class DynamicMixDataset(Dataset):
     different speakers and a noise file and mixes them with :func:`mix_sources`.
 
     Speakers are drawn in proportion to their number of utterances (so every utterance is
-    equally likely), or to ``speaker_weights``, then an utterance of each. Item ``index`` depends only on ``(seed,
-    epoch, index)``: :meth:`set_epoch` gives new mixtures, the same triple the same one.
+    equally likely), or to ``speaker_weights``, then an utterance of each. Item ``index``
+    depends only on ``(seed, epoch, index)``: :meth:`set_epoch` gives new mixtures, the same
+    triple the same one.
     Loaded audio (resampled once to ``cfg.sample_rate``) is cached, per DataLoader worker.
 
     Args:

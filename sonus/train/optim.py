@@ -42,7 +42,8 @@ def fused_allowed(module) -> bool | None:
     """``fused`` for :func:`adam` in a LightningModule's ``configure_optimizers``: ``False`` when
     Lightning scales fp16 gradients (a fused step would unscale them itself, after clipping
     saw them scaled), else ``None`` (decide by device)."""
-    return False if getattr(module.trainer.precision_plugin, "scaler", None) is not None else None
+    plugin = getattr(getattr(module, "_trainer", None), "precision_plugin", None)  # no trainer: decide by device
+    return False if getattr(plugin, "scaler", None) is not None else None
 
 
 def clip_gradients(module, optimizer: torch.optim.Optimizer, value: float | None, algorithm: str | None = "norm") -> None:
