@@ -77,16 +77,18 @@ def _librimix(d: Mapping[str, Any], split: Split, seed: int, seg: float | None, 
         mixture = d.get("mixture", "mix_clean") if dyn.get("noise") else "mix_clean"
         speed = dyn.get("speed_perturb")
         kwargs = {"seed": seed, "mixture": mixture, "speed_factors": None if speed is None else [float(f) for f in speed]}
-        pools = [(keep_speakers(utts, speakers), 1.0 - sum(float(_get(x, "share", 0.0)) for x in dyn.get("extra") or []))]
-        for i, extra in enumerate(dyn.get("extra") or []):  # more voices: manifests whose lines give `speaker`
+        num_items, own = int(_get(dyn, "num_items", 2000)), keep_speakers(utts, speakers)
+        extras = list(dyn.get("extra") or [])  # more voices: manifests whose lines give `speaker`
+        if not extras:
+            return DynamicMixDataset(own, cfg, num_items, **kwargs)
+        for i, extra in enumerate(extras):
             if not _get(extra, "manifest", None):
                 raise ValueError(f"data.dynamic_mixing.extra[{i}].manifest: the manifest to mix from is not set")
-            pools.append((read_manifest(extra["manifest"]), float(_get(extra, "share", 0.0))))
-        if len(pools) == 1:
-            return DynamicMixDataset(pools[0][0], cfg, int(_get(dyn, "num_items", 2000)), **kwargs)
-        if not pools[0][1] > 0:
-            raise ValueError(f"data.dynamic_mixing.extra: the shares add up to {1 - pools[0][1]:g}; they must leave some for the source")
-        return DynamicMixDataset.from_pools(pools, cfg, int(_get(dyn, "num_items", 2000)), **kwargs)
+        shares = [float(_get(x, "share", 0.0)) for x in extras]
+        if not sum(shares) < 1.0:
+            raise ValueError(f"data.dynamic_mixing.extra: the shares add up to {sum(shares):g}; they must leave some for the source")
+        pools = [(own, 1.0 - sum(shares))] + [(read_manifest(x["manifest"]), share) for x, share in zip(extras, shares)]
+        return DynamicMixDataset.from_pools(pools, cfg, num_items, **kwargs)
     root = d.get("root")
     if not root:
         raise ValueError("data.root: the LibriMix folder (from `sonus prepare librimix` or the real LibriMix) is not set")

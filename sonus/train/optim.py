@@ -38,12 +38,17 @@ def adam(
     return cls(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None)
 
 
+def _scaler(module):
+    """The gradient scaler of ``module``'s trainer (fp16 mixed precision), or None (also without a trainer)."""
+    plugin = getattr(getattr(module, "_trainer", None), "precision_plugin", None)
+    return getattr(plugin, "scaler", None)
+
+
 def fused_allowed(module) -> bool | None:
     """``fused`` for :func:`adam` in a LightningModule's ``configure_optimizers``: ``False`` when
     Lightning scales fp16 gradients (a fused step would unscale them itself, after clipping
     saw them scaled), else ``None`` (decide by device)."""
-    plugin = getattr(getattr(module, "_trainer", None), "precision_plugin", None)  # no trainer: decide by device
-    return False if getattr(plugin, "scaler", None) is not None else None
+    return False if _scaler(module) is not None else None
 
 
 def clip_gradients(module, optimizer: torch.optim.Optimizer, value: float | None, algorithm: str | None = "norm") -> None:
@@ -53,7 +58,7 @@ def clip_gradients(module, optimizer: torch.optim.Optimizer, value: float | None
     from that case. Use it in ``configure_gradient_clipping`` and in manual steps."""
     if not value:
         return
-    if getattr(optimizer, "_step_supports_amp_scaling", False) and getattr(module.trainer.precision_plugin, "scaler", None) is None:
+    if getattr(optimizer, "_step_supports_amp_scaling", False) and _scaler(module) is None:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         if algorithm == "value":
             torch.nn.utils.clip_grad_value_(params, value)

@@ -72,13 +72,14 @@ class _TransducerLoss(torch.autograd.Function):
         # pruned loss' S-wide tensor is small: its log-softmax (one fused kernel) is kept for the
         # gradient pass, in the gradient's own buffer when that is fp32 already, so fp32 memory
         # does not grow; the full loss recomputes it, to keep its memory at that one buffer.
+        keep = fused and not full
         grad = torch.empty_like(logits)
         blank_s = torch.empty(B, T, S, dtype=torch.float64, device=logits.device)
         label_s = torch.empty_like(blank_s)
-        lse = torch.empty(B, T, S, dtype=cdt, device=logits.device)
+        lse = None if keep else torch.empty(B, T, S, dtype=cdt, device=logits.device)
         kept: list[torch.Tensor] = []
         for c in _chunks(B, T * S * V):
-            if fused and not full:
+            if keep:
                 x = torch.log_softmax(logits[c], dim=-1, out=grad[c]) if grad.dtype == cdt else torch.log_softmax(logits[c], dim=-1, dtype=cdt)
                 kept.append(x)
                 off: torch.Tensor | float = 0.0
@@ -108,7 +109,7 @@ class _TransducerLoss(torch.autograd.Function):
         # dL/dz = softmax(z) * (g_blank + g_label) - g_blank * 1[v=blank] - g_label * 1[v=y]
         g_sum = (g_blank + g_label)[..., None]
         for i, c in enumerate(_chunks(B, T * S * V)):
-            if kept:  # the log-softmax of the first pass becomes the softmax, in place
+            if keep:  # the log-softmax of the first pass becomes the softmax, in place
                 g = kept[i].exp_().mul_(g_sum[c])
             else:
                 g = grad[c] if grad.dtype == cdt else torch.empty(grad[c].shape, dtype=cdt, device=grad.device)
