@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from sonus.asr.loss import gather_pruned, prune_ranges, pruned_rnnt_loss, rnnt_loss, rnnt_loss_reference, rnnt_loss_simple
+from sonus.asr.loss import (
+    gather_pruned,
+    prune_ranges,
+    pruned_rnnt_loss,
+    rnnt_loss,
+    rnnt_loss_reference,
+    rnnt_loss_simple,
+)
 
 
 def _case(seed: int, B: int = 3, T: int = 7, U: int = 4, V: int = 6, H: int = 5):
@@ -74,7 +81,7 @@ def test_ranges_follow_the_occupancy():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_pruned_loss_with_full_window_equals_full_loss(dtype):
-    """The pruned loss keeps its log-softmax for the gradient, the full loss recomputes it:
+    """The pruned loss keeps its softmax for the gradient, the full loss recomputes it:
     on the same logits both give the same loss and gradient, also from bf16 logits."""
     targets, T_b, U_b, enc, pred, w = _case(1)
     B, T, U1 = enc.shape[0], enc.shape[1], pred.shape[1]
@@ -91,10 +98,36 @@ def test_pruned_loss_with_full_window_equals_full_loss(dtype):
     assert U1 == logits.shape[2] and float(a.grad.abs().sum()) > 0
 
 
+def test_pruned_loss_with_an_arc_whose_probability_underflows_fp32():
+    """An arc of log-probability -150 has probability 0 in fp32: the kept softmax cannot give
+    its log, so the loss takes it from the logits, as the full loss does."""
+    targets, T_b, U_b, enc, pred, w = _case(4)
+    B, T = enc.shape[:2]
+    logits = torch.tanh(enc[:, :, None] + pred[:, None]) @ w
+    logits[0, :, 0].scatter_(1, targets[0, :1].expand(T, 1), -150.0)  # (b 0, u 0): label arc nearly impossible
+    a, b = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    full = rnnt_loss(a, targets, T_b, U_b, reduction="none")
+    pruned = pruned_rnnt_loss(b, targets, torch.zeros(B, T, dtype=torch.long), T_b, U_b, reduction="none")
+    assert torch.isfinite(full).all() and full[0] > 140
+    torch.testing.assert_close(pruned, full)
+    full.sum().backward()
+    pruned.sum().backward()
+    torch.testing.assert_close(b.grad, a.grad)
+
+
+def test_gather_pruned_takes_the_window_of_each_frame():
+    pred = torch.randn(2, 6, 3)
+    ranges = torch.tensor([[0, 1, 3], [2, 2, 4]])
+    out = gather_pruned(pred, ranges, 2)
+    for b in range(2):
+        for t in range(3):
+            torch.testing.assert_close(out[b, t], pred[b, ranges[b, t] : ranges[b, t] + 2])
+
+
 def test_pruned_loss_bounds_the_full_loss_and_has_the_right_gradient():
     targets, T_b, U_b, enc, pred, w = _case(2, T=8, U=5)
     S = 3
-    joint = lambda e, p: torch.tanh(e + p) @ w.to(e.dtype)  # noqa: E731
+    joint = lambda e, p: torch.tanh(e + p) @ w.to(e.dtype)
     full = rnnt_loss(joint(enc[:, :, None], pred[:, None]), targets, T_b, U_b, reduction="none")
     _, occ = rnnt_loss_simple(enc @ w, pred @ w, targets, T_b, U_b)
     ranges = prune_ranges(occ, T_b, U_b, S)
@@ -109,13 +142,13 @@ def test_pruned_loss_bounds_the_full_loss_and_has_the_right_gradient():
         hi, lo = pred.double().clone(), pred.double().clone()
         hi[idx] += eps
         lo[idx] -= eps
-        f = lambda q: pruned_rnnt_loss(joint(enc.double()[:, :, None], gather_pruned(q, ranges, S)), targets, ranges, T_b, U_b, reduction="sum")  # noqa: E731
+        f = lambda q: pruned_rnnt_loss(joint(enc.double()[:, :, None], gather_pruned(q, ranges, S)), targets, ranges, T_b, U_b, reduction="sum")
         fd = (f(hi) - f(lo)) / (2 * eps)
         assert math.isclose(fd.item(), p.grad[idx].item(), rel_tol=1e-5, abs_tol=1e-7), idx
 
 
 def test_pruned_rejects_windows_outside_the_lattice():
-    targets, T_b, U_b, enc, pred, w = _case(3)
+    targets, T_b, U_b, enc, _pred, w = _case(3)
     ranges = torch.full((enc.shape[0], enc.shape[1]), 3, dtype=torch.long)
     logits = torch.randn(enc.shape[0], enc.shape[1], 3, w.shape[1])
     with pytest.raises(ValueError, match="inside the lattice"):

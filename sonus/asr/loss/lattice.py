@@ -74,32 +74,37 @@ def rnnt_lattice(
     c = torch.cat([label_lp_c.new_zeros(B, T, 1), torch.cumsum(label_lp_c[:, :, :-1], dim=2)], dim=2)  # (B, T, U+1)
     outside = torch.zeros(B, U1, device=dev, dtype=dt).masked_fill_(~inside_u, float("-inf"))  # (B, U+1)
 
+    # Forward: alpha[t, u] = logaddexp(a_in[u], alpha[t, u-1] + y[t, u-1]) is a log-cumulative-
+    # sum of a_in - c, plus c; a_in = alpha[t-1] + blank[t-1], so blank[t-1] - c[t] is precomputed.
     alpha = torch.empty((B, T, U1), device=dev, dtype=dt)
-    a_in = torch.full((B, U1), float("-inf"), device=dev, dtype=dt)
-    a_in[:, 0] = 0.0
-    for t in range(T):
-        if t > 0:
-            a_in = alpha[:, t - 1] + blank_lp[:, t - 1]
-        ct = c[:, t]
-        torch.logcumsumexp(a_in - ct, dim=1, out=alpha[:, t])
-        alpha[:, t] += ct + outside
+    start = torch.full((B, U1), float("-inf"), device=dev, dtype=dt)
+    start[:, 0] = 0.0
+    arrive = torch.cat([start[:, None] - c[:, :1], blank_lp[:, :-1] - c[:, 1:]], dim=1)  # (B, T, U+1)
+    leave = c + outside[:, None]
+    torch.logcumsumexp(arrive[:, 0], dim=1, out=alpha[:, 0])
+    alpha[:, 0] += leave[:, 0]
+    for t in range(1, T):
+        torch.logcumsumexp(alpha[:, t - 1] + arrive[:, t], dim=1, out=alpha[:, t])
+        alpha[:, t] += leave[:, t]
 
     # Backward: beta[t, u] = logaddexp(b_in[u], beta[t, u+1] + y[t, u]) is a right-to-left
-    # log-cumulative-sum of b_in + c, minus c. A frame past T_b is -inf; at t = T_b - 1 the
-    # arrivals come from the virtual beta[T_b] (one-hot at U_b).
-    beta = torch.empty((B, T, U1), device=dev, dtype=dt)
+    # log-cumulative-sum of b_in + c, minus c, with b_in = beta[t+1] + blank[t]. The loop runs
+    # on u reversed (no flips inside it). A frame past T_b is -inf; at t = T_b - 1 the arrivals
+    # come from the virtual beta[T_b], one-hot at U_b: beta[t+1] is -inf there, so a maximum
+    # with that one-hot row (-inf at every other frame) puts it in.
+    t_idx = torch.arange(T, device=dev)
+    past_end = torch.zeros(B, T, 1, device=dev, dtype=dt).masked_fill_((t_idx[None, :] >= logit_lengths[:, None])[..., None], float("-inf"))
     final = torch.where(u_idx[None, :] == target_lengths[:, None], 0.0, float("-inf")).to(dt)  # (B, U+1)
-    flipped = torch.empty((B, U1), device=dev, dtype=dt)
+    at_last = (t_idx[None, :] == (logit_lengths - 1)[:, None])[..., None]  # (B, T, 1)
+    final_r = torch.where(at_last, final[:, None], float("-inf")).flip(2)
+    into_r = (blank_lp + c).flip(2)
+    out_r = (outside[:, None] - c + past_end).flip(2)
+    beta_r = torch.empty((B, T, U1), device=dev, dtype=dt)
     b_next = torch.full((B, U1), float("-inf"), device=dev, dtype=dt)
     for t in range(T - 1, -1, -1):
-        is_last = (logit_lengths - 1 == t)[:, None]
-        b_next = torch.where(is_last, final, b_next)
-        ct = c[:, t]
-        torch.logcumsumexp((blank_lp[:, t] + b_next + ct).flip(1), dim=1, out=flipped)
-        b = flipped.flip(1).sub_(ct).add_(outside)
-        b.masked_fill_((t >= logit_lengths)[:, None], float("-inf"))
-        beta[:, t] = b
-        b_next = b
+        torch.logcumsumexp(torch.maximum(b_next, final_r[:, t]).add_(into_r[:, t]), dim=1, out=beta_r[:, t])
+        b_next = beta_r[:, t].add_(out_r[:, t])
+    beta = beta_r.flip(2)
 
     log_like = beta[:, 0, 0]
     return alpha, beta, log_like

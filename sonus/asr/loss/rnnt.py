@@ -48,6 +48,15 @@ def _chunks(B: int, per_item: int):
         yield slice(b0, min(B, b0 + step))
 
 
+def _softmax(x: torch.Tensor, dtype: torch.dtype, out: torch.Tensor | None) -> torch.Tensor:
+    """softmax(x) over the last dim in ``dtype``, into ``out`` or into one new buffer (a
+    half-precision ``x`` is copied there and normalised in place: no second temporary)."""
+    if out is not None:
+        return torch.softmax(x, dim=-1, out=out)
+    p = torch.empty(x.shape, dtype=dtype, device=x.device).copy_(x)
+    return torch.softmax(p, dim=-1, out=p)
+
+
 class _TransducerLoss(torch.autograd.Function):
     """Negative log-likelihood of a transducer lattice whose arcs come from ``logits``.
 
@@ -69,7 +78,7 @@ class _TransducerLoss(torch.autograd.Function):
         tgt_idx = tgt[..., None]  # (B, T, S, 1)
 
         # Arc log-probabilities: logit - logsumexp over V, a chunk of utterances at a time. The
-        # pruned loss' S-wide tensor is small: its log-softmax (one fused kernel) is kept for the
+        # pruned loss' S-wide tensor is small: its softmax (one fused kernel) is kept for the
         # gradient pass, in the gradient's own buffer when that is fp32 already, so fp32 memory
         # does not grow; the full loss recomputes it, to keep its memory at that one buffer.
         keep = fused and not full
@@ -80,9 +89,14 @@ class _TransducerLoss(torch.autograd.Function):
         kept: list[torch.Tensor] = []
         for c in _chunks(B, T * S * V):
             if keep:
-                x = torch.log_softmax(logits[c], dim=-1, out=grad[c]) if grad.dtype == cdt else torch.log_softmax(logits[c], dim=-1, dtype=cdt)
-                kept.append(x)
-                off: torch.Tensor | float = 0.0
+                p = _softmax(logits[c], cdt, grad[c] if grad.dtype == cdt else None)
+                kept.append(p)
+                p_blank, p_label = p[..., blank], p.gather(3, tgt_idx[c]).squeeze(3)
+                if bool((p_blank > 0).all() and (p_label > 0).all()):
+                    blank_s[c], label_s[c] = p_blank.log().double(), p_label.log().double()
+                    continue
+                x = logits[c].to(cdt)  # an arc's probability underflows in fp32: log Z from the logits
+                off: torch.Tensor | float = torch.logsumexp(x, dim=-1)
             else:
                 x = logits[c].to(cdt)
                 lse[c] = torch.logsumexp(x, dim=-1) if fused else 0.0  # unfused: x are log-probabilities
@@ -109,8 +123,14 @@ class _TransducerLoss(torch.autograd.Function):
         # dL/dz = softmax(z) * (g_blank + g_label) - g_blank * 1[v=blank] - g_label * 1[v=y]
         g_sum = (g_blank + g_label)[..., None]
         for i, c in enumerate(_chunks(B, T * S * V)):
-            if keep:  # the log-softmax of the first pass becomes the softmax, in place
-                g = kept[i].exp_().mul_(g_sum[c])
+            if keep:  # the arcs' two entries first, on (B, T, S); then the softmax scaled in place
+                g = kept[i]
+                at_blank = g[..., blank] * g_sum[c][..., 0] - g_blank[c]
+                at_label = g.gather(3, tgt_idx[c]).squeeze(3) * g_sum[c][..., 0] - g_label[c]
+                at_label = torch.where(tgt_idx[c][..., 0] == blank, at_label - g_blank[c], at_label)
+                g.mul_(g_sum[c])
+                g[..., blank] = at_blank
+                g.scatter_(3, tgt_idx[c], at_label[..., None])
             else:
                 g = grad[c] if grad.dtype == cdt else torch.empty(grad[c].shape, dtype=cdt, device=grad.device)
                 if fused:
@@ -118,8 +138,8 @@ class _TransducerLoss(torch.autograd.Function):
                     g.exp_().mul_(g_sum[c])
                 else:  # the gradient with respect to log-probabilities: only the arcs' own terms
                     g.zero_()
-            g[..., blank] -= g_blank[c]
-            g.scatter_add_(3, tgt_idx[c], -g_label[c][..., None])
+                g[..., blank] -= g_blank[c]
+                g.scatter_add_(3, tgt_idx[c], -g_label[c][..., None])
             if clamp > 0:
                 g.clamp_(-clamp, clamp)
             if g.data_ptr() != grad[c].data_ptr():
