@@ -21,7 +21,7 @@ from sonus.text.tokenizer import Tokenizer, tokenizer_to_tensor
 from sonus.train.callbacks import budget_clock
 from sonus.train.checkpoint import load_training_state, save_training_state
 from sonus.train.loggers import log_image
-from sonus.train.optim import adam, clip_gradients, fused_allowed
+from sonus.train.optim import FusedClipping, adam, fused_allowed
 from sonus.train.plots import plot_attention, plot_curves
 from sonus.train.schedule import warmup_decay
 
@@ -49,7 +49,7 @@ class TrainOptions:
     normalize: dict = field(default_factory=lambda: {"lowercase": True, "remove_punctuation": True})
 
 
-class ASRLightning(pl.LightningModule):
+class ASRLightning(FusedClipping, pl.LightningModule):
     def __init__(
         self, model: TwoPassASR, tokenizer: Tokenizer, optim: OptimConfig, opts: TrainOptions, decoding: DecodingOptions
     ) -> None:
@@ -211,9 +211,6 @@ class ASRLightning(pl.LightningModule):
             raise RuntimeError(f"DDP replicas diverged: weight checksums {digests}")
 
     # -- optimisation and checkpoints -----------------------------------------------------
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)  # fused Adam under bf16 too
-
     def configure_optimizers(self):
         c = self.optim_cfg
         opt = adam(self.model.parameters(), c.lr, c.weight_decay, fused=fused_allowed(self))

@@ -24,7 +24,7 @@ from sonus.separation.models import model_spec
 from sonus.train.callbacks import budget_clock
 from sonus.train.checkpoint import load_training_state, save_training_state
 from sonus.train.loggers import log_image
-from sonus.train.optim import adam, clip_gradients, fused_allowed
+from sonus.train.optim import FusedClipping, adam, fused_allowed
 from sonus.train.plots import plot_curves, plot_spectrograms
 from sonus.train.schedule import warmup_decay
 
@@ -72,7 +72,7 @@ def active_variants(curriculum: tuple[tuple[int, tuple[str, ...]], ...], epoch: 
     return allowed
 
 
-class SeparationLightning(pl.LightningModule):
+class SeparationLightning(FusedClipping, pl.LightningModule):
     def __init__(self, model: nn.Module, optim: SepOptimConfig, opts: SepTrainOptions) -> None:
         super().__init__()
         self.model, self.optim_cfg, self.opts = model, optim, opts
@@ -183,9 +183,6 @@ class SeparationLightning(pl.LightningModule):
             log_image(loggers, "plots/separation", paths[1], step)
 
     # -- optimisation, checkpoints --------------------------------------------------------------
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)  # fused Adam under bf16 too
-
     def configure_optimizers(self):
         c = self.optim_cfg
         opt = adam(self.model.parameters(), c.lr, c.weight_decay, decoupled=True, fused=fused_allowed(self))

@@ -66,3 +66,11 @@ def clip_gradients(module, optimizer: torch.optim.Optimizer, value: float | None
             torch.nn.utils.clip_grad_norm_(params, value)
         return
     module.clip_gradients(optimizer, gradient_clip_val=value, gradient_clip_algorithm=algorithm)
+
+
+class FusedClipping:
+    """LightningModule mixin: gradient clipping (``trainer.gradient_clip_val``) that also works
+    with the fused optimizer of :func:`adam` under bf16 (see :func:`clip_gradients`)."""
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)

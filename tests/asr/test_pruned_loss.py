@@ -15,6 +15,7 @@ from sonus.asr.loss import (
     rnnt_loss_reference,
     rnnt_loss_simple,
 )
+from sonus.asr.loss.lattice import arc_occupancy, rnnt_lattice
 
 
 def _case(seed: int, B: int = 3, T: int = 7, U: int = 4, V: int = 6, H: int = 5):
@@ -113,6 +114,32 @@ def test_pruned_loss_with_an_arc_whose_probability_underflows_fp32():
     full.sum().backward()
     pruned.sum().backward()
     torch.testing.assert_close(b.grad, a.grad)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_windowed_lattice_equals_the_whole_lattice_with_the_rest_blocked(seed):
+    """The pruned loss runs its recursions on the (B, T, S) windows: same likelihood and arc
+    occupancies as the (B, T, U+1) lattice whose arcs outside the windows are -inf."""
+    g = torch.Generator().manual_seed(seed)
+    B, T, U, S = 4, 9, 6, 3
+    T_b = torch.randint(U // 2, T + 1, (B,), generator=g)
+    T_b[0] = T
+    U_b = torch.randint(1, U + 1, (B,), generator=g)
+    U_b[1] = U
+    ranges = prune_ranges(torch.rand(B, T, U + 1, generator=g), T_b, U_b, S)
+    u_index = ranges[:, :, None] + torch.arange(S)
+    blank = torch.randn(B, T, S, generator=g, dtype=torch.float64).sub(1.0)
+    label = torch.randn(B, T, S, generator=g, dtype=torch.float64).sub(1.0)
+    whole = [torch.full((B, T, U + 1), float("-inf"), dtype=torch.float64).scatter_(2, u_index, x) for x in (blank, label)]
+    _, _, ll_whole = rnnt_lattice(*whole, T_b, U_b)
+    alpha, beta, ll = rnnt_lattice(blank, label, T_b, U_b, ranges)
+    torch.testing.assert_close(ll, ll_whole)
+    assert torch.isfinite(ll).any()
+    bad = ~torch.isfinite(ll)
+    occ_whole = arc_occupancy(*rnnt_lattice(*whole, T_b, U_b)[:2], *whole, ll_whole, T_b, U_b, bad)
+    occ = arc_occupancy(alpha, beta, blank, label, ll, T_b, U_b, bad, ranges)
+    for a, b in zip(occ, occ_whole, strict=True):
+        torch.testing.assert_close(a, b.gather(2, u_index))
 
 
 def test_gather_pruned_takes_the_window_of_each_frame():

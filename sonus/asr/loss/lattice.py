@@ -14,6 +14,11 @@ Recursion (log space). With ``b[t,u] = log P(blank | t, u)`` and
 The lattice is B x T x (U+1); only the two gathered log-probabilities ``b`` and ``y``
 enter the recursions. Within one frame ``t`` the ``u`` recursion is a log-cumulative-sum,
 so each frame is a handful of vectorised ops (``torch.logcumsumexp``) instead of U.
+
+The pruned loss keeps S label positions per frame, u in [starts[t], starts[t] + S): its
+lattice is B x T x S, node (t, w) standing for u = starts[t] + w. A blank arc then moves
+from window position w to w - (starts[t+1] - starts[t]), a gather per frame, and the
+recursions run on rows of S rather than U+1 (icefall/k2 do the same in their kernels).
 """
 
 from __future__ import annotations
@@ -44,69 +49,105 @@ def log_cumsum_forward(a_in: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return c + torch.logcumsumexp(a_in - c, dim=1)
 
 
+def _nodes(B: int, T: int, W: int, starts: torch.Tensor | None, logit_lengths: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Label position u of each node (B, T, W) (or (1, 1, W)), and the window shifts.
+
+    With ``starts``, node (t, w) is u = starts[t] + w, and a blank arc leaves (t, w) for
+    (t+1, w - shift[t]), shift[t] = starts[t+1] - starts[t] (B, T-1), set to 0 from frame
+    T_b - 1 on, where only padding follows.
+    """
+    w_idx = torch.arange(W, device=device)
+    if starts is None:
+        return w_idx[None, None, :], None
+    starts = starts.long()
+    shift = starts[:, 1:] - starts[:, :-1]
+    shift = shift.masked_fill(torch.arange(T - 1, device=device)[None, :] >= (logit_lengths - 1)[:, None], 0)
+    if bool((shift < 0).any()) or bool((shift >= W).any()):
+        raise ValueError(f"window starts must not decrease and may rise by at most {W - 1} between frames")
+    return starts[:, :, None] + w_idx, shift
+
+
 def rnnt_lattice(
-    blank_lp: torch.Tensor, label_lp: torch.Tensor, logit_lengths: torch.Tensor, target_lengths: torch.Tensor
+    blank_lp: torch.Tensor,
+    label_lp: torch.Tensor,
+    logit_lengths: torch.Tensor,
+    target_lengths: torch.Tensor,
+    starts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Forward and backward variables of the transducer lattice.
+    """Forward and backward variables of the transducer lattice, whole or in windows.
 
     Args:
-        blank_lp: (B, T, U+1) log P(blank | t, u); -inf marks an arc that does not exist.
-        label_lp: (B, T, U+1) log P(targets[u] | t, u); the last column is unused.
+        blank_lp: (B, T, W) log P(blank | t, u); -inf marks an arc that does not exist.
+        label_lp: (B, T, W) log P(targets[u] | t, u); the last column is unused.
         logit_lengths: (B,) valid frames T_b.
         target_lengths: (B,) valid labels U_b.
+        starts: None for the whole lattice (W = U+1, node (t, w) is u = w), or (B, T) window
+            starts: node (t, w) is u = starts[t] + w (the pruned loss). Arcs that leave the
+            windows do not exist; so the recursions run on (B, W) rows, not (B, U+1).
 
     Returns:
-        alpha (B, T, U+1), beta (B, T, U+1), log_like (B,). Entries outside a
-        sequence's lattice are -inf.
+        alpha (B, T, W), beta (B, T, W), log_like (B,). Entries outside a sequence's lattice
+        are -inf.
     """
-    B, T, U1 = blank_lp.shape
+    B, T, W = blank_lp.shape
     dev, dt = blank_lp.device, blank_lp.dtype
     neg_inf = torch.tensor(float("-inf"), device=dev, dtype=dt)
-    u_idx = torch.arange(U1, device=dev)
-    inside_u = u_idx[None, :] <= target_lengths[:, None]  # (B, U+1)
+    u, shift = _nodes(B, T, W, starts, logit_lengths, dev)
     # A label arc leaves (t, u) only for u < U_b. Missing arcs become a huge negative
     # number rather than -inf, so the cumulative sums stay finite (exp() of it is 0).
-    label_lp = torch.where(u_idx[None, None, :] < target_lengths[:, None, None], label_lp, neg_inf)
+    label_lp = torch.where(u < target_lengths[:, None, None], label_lp, neg_inf)
     label_lp_c = label_lp.clamp(min=BLOCKED)
-    # The per-frame work is a few ops on (B, U+1) rows, so everything that does not depend on
+    # The per-frame work is a few ops on (B, W) rows, so everything that does not depend on
     # the previous frame is done for all frames at once: the label log-probs' exclusive
-    # cumulative sums, and the masks as additive 0 / -inf terms.
-    c = torch.cat([label_lp_c.new_zeros(B, T, 1), torch.cumsum(label_lp_c[:, :, :-1], dim=2)], dim=2)  # (B, T, U+1)
-    outside = torch.zeros(B, U1, device=dev, dtype=dt).masked_fill_(~inside_u, float("-inf"))  # (B, U+1)
+    # cumulative sums, the window shifts, and the masks as additive 0 / -inf terms.
+    c = torch.cat([label_lp_c.new_zeros(B, T, 1), torch.cumsum(label_lp_c[:, :, :-1], dim=2)], dim=2)  # (B, T, W)
+    outside = torch.zeros(B, u.shape[1], W, device=dev, dtype=dt).masked_fill_(u > target_lengths[:, None, None], float("-inf"))
+    w_idx = torch.arange(W, device=dev)
+    if shift is not None:  # node (t, w) arrives from (t-1, w + shift[t-1]), if that is in the window
+        src = w_idx + shift[:, :, None]  # (B, T-1, W)
+        gone = torch.zeros(src.shape, device=dev, dtype=dt).masked_fill_(src >= W, float("-inf"))
+        src = src.clamp_(max=W - 1)
 
-    # Forward: alpha[t, u] = logaddexp(a_in[u], alpha[t, u-1] + y[t, u-1]) is a log-cumulative-
-    # sum of a_in - c, plus c; a_in = alpha[t-1] + blank[t-1], so blank[t-1] - c[t] is precomputed.
-    alpha = torch.empty((B, T, U1), device=dev, dtype=dt)
-    start = torch.full((B, U1), float("-inf"), device=dev, dtype=dt)
-    start[:, 0] = 0.0
-    arrive = torch.cat([start[:, None] - c[:, :1], blank_lp[:, :-1] - c[:, 1:]], dim=1)  # (B, T, U+1)
-    leave = c + outside[:, None]
+    # Forward: alpha[t, w] = logaddexp(a_in[w], alpha[t, w-1] + y[t, w-1]) is a log-cumulative-
+    # sum of a_in - c, plus c; a_in = alpha[t-1] + blank[t-1] (shifted), so the blank and c
+    # terms are precomputed. The start node is u = 0 (w = -starts[0]: the window must hold it).
+    alpha = torch.empty((B, T, W), device=dev, dtype=dt)
+    start = torch.where(u[:, 0] == 0, 0.0, float("-inf")).to(dt).expand(B, W)
+    blank_in = blank_lp[:, :-1] if shift is None else blank_lp[:, :-1].gather(2, src) + gone
+    arrive = torch.cat([start[:, None] - c[:, :1], blank_in - c[:, 1:]], dim=1)  # (B, T, W)
+    leave = c + outside
     torch.logcumsumexp(arrive[:, 0], dim=1, out=alpha[:, 0])
     alpha[:, 0] += leave[:, 0]
     for t in range(1, T):
-        torch.logcumsumexp(alpha[:, t - 1] + arrive[:, t], dim=1, out=alpha[:, t])
+        prev = alpha[:, t - 1] if shift is None else alpha[:, t - 1].gather(1, src[:, t - 1])
+        torch.logcumsumexp(prev + arrive[:, t], dim=1, out=alpha[:, t])
         alpha[:, t] += leave[:, t]
 
-    # Backward: beta[t, u] = logaddexp(b_in[u], beta[t, u+1] + y[t, u]) is a right-to-left
-    # log-cumulative-sum of b_in + c, minus c, with b_in = beta[t+1] + blank[t]. The loop runs
-    # on u reversed (no flips inside it). A frame past T_b is -inf; at t = T_b - 1 the arrivals
-    # come from the virtual beta[T_b], one-hot at U_b: beta[t+1] is -inf there, so a maximum
-    # with that one-hot row (-inf at every other frame) puts it in.
+    # Backward: beta[t, w] = logaddexp(b_in[w], beta[t, w+1] + y[t, w]) is a right-to-left
+    # log-cumulative-sum of b_in + c, minus c, with b_in = beta[t+1] (shifted) + blank[t]. The
+    # loop runs on w reversed (no flips inside it), where the shift is the same gather as
+    # forward's. A frame past T_b is -inf; at t = T_b - 1 the arrivals come from the virtual
+    # beta[T_b], one-hot at U_b: beta[t+1] is -inf there, so a maximum with that one-hot row
+    # (-inf at every other frame) puts it in.
     t_idx = torch.arange(T, device=dev)
     past_end = torch.zeros(B, T, 1, device=dev, dtype=dt).masked_fill_((t_idx[None, :] >= logit_lengths[:, None])[..., None], float("-inf"))
-    final = torch.where(u_idx[None, :] == target_lengths[:, None], 0.0, float("-inf")).to(dt)  # (B, U+1)
     at_last = (t_idx[None, :] == (logit_lengths - 1)[:, None])[..., None]  # (B, T, 1)
-    final_r = torch.where(at_last, final[:, None], float("-inf")).flip(2)
-    into_r = (blank_lp + c).flip(2)
-    out_r = (outside[:, None] - c + past_end).flip(2)
-    beta_r = torch.empty((B, T, U1), device=dev, dtype=dt)
-    b_next = torch.full((B, U1), float("-inf"), device=dev, dtype=dt)
+    final_r = torch.where(at_last & (u == target_lengths[:, None, None]), 0.0, float("-inf")).to(dt).flip(2)
+    into = blank_lp + c
+    if shift is not None:  # (t, w) leaves for (t+1, w - shift[t]): in reversed w, the same gather
+        into[:, :-1] += gone.flip(2)
+    into_r = into.flip(2)
+    out_r = (outside - c + past_end).flip(2)
+    beta_r = torch.empty((B, T, W), device=dev, dtype=dt)
+    b_next = torch.full((B, W), float("-inf"), device=dev, dtype=dt)
     for t in range(T - 1, -1, -1):
+        if shift is not None and t < T - 1:
+            b_next = b_next.gather(1, src[:, t])
         torch.logcumsumexp(torch.maximum(b_next, final_r[:, t]).add_(into_r[:, t]), dim=1, out=beta_r[:, t])
         b_next = beta_r[:, t].add_(out_r[:, t])
     beta = beta_r.flip(2)
 
-    log_like = beta[:, 0, 0]
+    log_like = beta[:, 0, 0] if starts is None else beta[:, 0, 0].masked_fill(starts[:, 0] != 0, float("-inf"))
     return alpha, beta, log_like
 
 
@@ -119,20 +160,25 @@ def arc_occupancy(
     logit_lengths: torch.Tensor,
     target_lengths: torch.Tensor,
     bad: torch.Tensor,
+    starts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior probability of each blank and label arc, (B, T, U+1) each: the negative
+    """Posterior probability of each blank and label arc, (B, T, W) each: the negative
     gradient of the log-likelihood with respect to that arc's log-probability."""
-    B, T, U1 = alpha.shape
-    u_idx = torch.arange(U1, device=alpha.device)
+    B, T, W = alpha.shape
+    u, shift = _nodes(B, T, W, starts, logit_lengths, alpha.device)
     t_idx = torch.arange(T, device=alpha.device)
-    beta_next_t = torch.cat([beta[:, 1:], beta.new_full((B, 1, U1), float("-inf"))], dim=1)
-    final = (t_idx[None, :, None] == (logit_lengths - 1)[:, None, None]) & (u_idx[None, None, :] == target_lengths[:, None, None])
+    beta_next_t = beta[:, 1:]
+    if shift is not None:  # (t, w) leaves for (t+1, w - shift[t])
+        dst = torch.arange(W, device=alpha.device) - shift[:, :, None]
+        beta_next_t = beta_next_t.gather(2, dst.clamp(min=0)).masked_fill_(dst < 0, float("-inf"))
+    beta_next_t = torch.cat([beta_next_t, beta.new_full((B, 1, W), float("-inf"))], dim=1)
+    final = (t_idx[None, :, None] == (logit_lengths - 1)[:, None, None]) & (u == target_lengths[:, None, None])
     beta_next_t = torch.where(final, torch.zeros_like(beta_next_t), beta_next_t)
     beta_next_u = torch.cat([beta[:, :, 1:], beta.new_full((B, T, 1), float("-inf"))], dim=2)
     norm = torch.where(bad, torch.zeros_like(log_like), log_like)[:, None, None]
     g_blank = torch.exp(alpha + blank_lp + beta_next_t - norm)
     g_label = torch.exp(alpha + label_lp + beta_next_u - norm)
-    g_label = torch.where(u_idx[None, None, :] < target_lengths[:, None, None], g_label, 0.0)
+    g_label = torch.where(u < target_lengths[:, None, None], g_label, 0.0)
     zero = bad[:, None, None]
     g_blank = torch.where(zero, 0.0, torch.nan_to_num(g_blank, nan=0.0))
     g_label = torch.where(zero, 0.0, torch.nan_to_num(g_label, nan=0.0))

@@ -104,18 +104,11 @@ class _TransducerLoss(torch.autograd.Function):
             blank_s[c] = (x[..., blank] - off).double()
             label_s[c] = (x.gather(3, tgt_idx[c]).squeeze(3) - off).double()
             del x
-        if full:
-            blank_lp, label_lp = blank_s, label_s
-        else:  # scatter the window into the full lattice; everything else has no arcs
-            blank_lp = blank_s.new_full((B, T, U1), float("-inf")).scatter_(2, u_index, blank_s)
-            label_lp = label_s.new_full((B, T, U1), float("-inf")).scatter_(2, u_index, label_s)
-
-        alpha, beta, log_like = rnnt_lattice(blank_lp, label_lp, logit_lengths, target_lengths)
+        starts = None if full else u_index[:, :, 0]  # the pruned lattice runs on its windows
+        alpha, beta, log_like = rnnt_lattice(blank_s, label_s, logit_lengths, target_lengths, starts)
         bad = unalignable(log_like, logit_lengths, "rnnt_loss" if full else "pruned_rnnt_loss")
         losses = torch.where(bad, torch.zeros_like(log_like), -log_like)
-        g_blank, g_label = arc_occupancy(alpha, beta, blank_lp, label_lp, log_like, logit_lengths, target_lengths, bad)
-        if not full:
-            g_blank, g_label = g_blank.gather(2, u_index), g_label.gather(2, u_index)
+        g_blank, g_label = arc_occupancy(alpha, beta, blank_s, label_s, log_like, logit_lengths, target_lengths, bad, starts)
         if fastemit_lambda:
             g_label = g_label * (1.0 + fastemit_lambda)
         g_blank, g_label = g_blank.to(cdt), g_label.to(cdt)
