@@ -95,12 +95,11 @@ class _TransducerLoss(torch.autograd.Function):
                 if bool((p_blank > 0).all() and (p_label > 0).all()):
                     blank_s[c], label_s[c] = p_blank.log().double(), p_label.log().double()
                     continue
-                x = logits[c].to(cdt)  # an arc's probability underflows in fp32: log Z from the logits
-                off: torch.Tensor | float = torch.logsumexp(x, dim=-1)
-            else:
-                x = logits[c].to(cdt)
-                lse[c] = torch.logsumexp(x, dim=-1) if fused else 0.0  # unfused: x are log-probabilities
-                off = lse[c]
+                # an arc's probability underflows in fp32: log Z from the logits, as the full loss does
+            x = logits[c].to(cdt)
+            off = torch.logsumexp(x, dim=-1) if fused else 0.0  # unfused: x are log-probabilities
+            if lse is not None:
+                lse[c] = off
             blank_s[c] = (x[..., blank] - off).double()
             label_s[c] = (x.gather(3, tgt_idx[c]).squeeze(3) - off).double()
             del x
