@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from sonus.asr.decoding import Decoder, DecodeResult, DecodingOptions
+from sonus.asr.decoding.lexicon import Lexicon
 from sonus.asr.model import EncoderOutput, TwoPassASR
 from sonus.text.tokenizer import Tokenizer
 
@@ -54,13 +55,16 @@ class StreamingDecoder:
             partial, state = sd.step(chunk, state)      # n-best so far, with texts
         first, final = sd.finish(state)                 # first pass, and after LAS rescoring
 
-    ``step`` takes any number of samples; ``chunk_samples`` is the default chunk (160 ms).
+    ``step`` takes any number of samples; ``chunk_samples`` is the default chunk (160 ms). ``lm``:
+    a lexicon LM fused into the beam searches with ``options.lm_weight``, as :class:`Decoder`'s.
     """
 
-    def __init__(self, model: TwoPassASR, tokenizer: Tokenizer, options: DecodingOptions, chunk_ms: float = 160.0) -> None:
+    def __init__(
+        self, model: TwoPassASR, tokenizer: Tokenizer, options: DecodingOptions, chunk_ms: float = 160.0, lm: Lexicon | None = None
+    ) -> None:
         if model.frontend is None:
             raise ValueError("StreamingDecoder reads audio; this model reads feature sequences (model.feat_in)")
-        self.model, self.decoder = model, Decoder(model, tokenizer, options)
+        self.model, self.decoder = model, Decoder(model, tokenizer, options, lm)
         fe = model.frontend.cfg
         self.hop = fe.hop_length
         # LogMel pads its input with zeros on the left; with a whole number of hops of context

@@ -33,9 +33,12 @@ def run_export(cfg: Any) -> Any:
 
     # las_weight/length_bonus (``+las_weight=W``): the rescoring defaults written to metadata.json
     optional = {k: float(cfg[k]) for k in ("las_weight", "length_bonus") if cfg.get(k) is not None}
+    lm = cfg.get("lm") or {}  # lm.text: the lexicon LM written beside the graphs, lm.weight its default weight
     opts = ExportOptions(
-        opset=int(cfg.get("opset", 17)), chunk_ms=float(cfg.get("chunk_ms", 160.0)), **optional
-    )
+        opset=int(cfg.get("opset", 17)), chunk_ms=float(cfg.get("chunk_ms", 160.0)), **optional,
+        lm_text=lm.get("text") or None, lm_weight=float(lm.get("weight") or 0.0),
+        lm_oov_logprob=float(lm.get("oov_logprob", -20.0)), lm_word_bonus=float(lm.get("word_bonus", 0.0)),
+    )  # fmt: skip
     res = export_onnx(checkpoint, output_dir, opts)
     for path in res.files:
         print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")

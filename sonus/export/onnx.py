@@ -13,8 +13,9 @@ needs, without PyTorch::
     las_step.onnx    tokens, h_in, c_in, context_in, prev_in, values, keys, mask
                                                              -> log_probs (N, V), h_out, c_out, context_out, prev_out
     metadata.json    sizes, state shapes, ids, tokenizer, graph inputs/outputs, and ``decoding``:
-                     the LAS rescoring weight and length bonus OnnxRecognizer defaults to
+                     the LAS rescoring weight, length bonus and LM weight OnnxRecognizer defaults to
     tokenizer.model  (SentencePiece) or tokenizer.chars (characters)
+    lexicon.npz      with ``lm_text``: the lexicon LM's step tables (``Lexicon.tables``), for shallow fusion
 
 The LAS graphs exist only for a model with LAS. The Conformer's encoder graph is one streaming
 chunk step (:class:`~sonus.export.graphs.ConformerEncoderGraph`): it needs
@@ -70,12 +71,18 @@ FORMAT_VERSION = 1
 class ExportOptions:
     """``opset``: ONNX opset of every graph; ``chunk_ms``: the default streaming chunk written
     to the metadata (the graphs take any length); ``las_weight``, ``length_bonus``: the LAS
-    rescoring defaults written to the metadata (None: see :func:`decoding_defaults`)."""
+    rescoring defaults written to the metadata (None: see :func:`decoding_defaults`). ``lm_text``:
+    transcripts (as ``decoding.lm.text``) whose lexicon LM is written as ``lexicon.npz``, with
+    ``lm_oov_logprob`` and ``lm_word_bonus``; ``lm_weight`` is the recognizer's default weight."""
 
     opset: int = 17
     chunk_ms: float = 160.0
     las_weight: float | None = None
     length_bonus: float | None = None
+    lm_text: str | None = None
+    lm_weight: float = 0.0
+    lm_oov_logprob: float = -20.0
+    lm_word_bonus: float = 0.0
 
     def __post_init__(self) -> None:
         if self.las_weight is not None and not 0.0 <= self.las_weight <= 1.0:
@@ -86,6 +93,8 @@ class ExportOptions:
             )
         if self.chunk_ms <= 0:
             raise ValueError(f"export chunk_ms must be > 0, got {self.chunk_ms}")
+        if self.lm_weight < 0 or (self.lm_weight and not self.lm_text):
+            raise ValueError(f"export lm.weight must be >= 0, and > 0 only with lm.text: got {self.lm_weight}, text {self.lm_text!r}")
 
 
 @dataclass
@@ -364,6 +373,15 @@ def export_model(
         )
     (out / tok_file).write_bytes(tokenizer.to_bytes())
     res.files.append(out / tok_file)
+    lexicon = None
+    if options.lm_text:
+        from sonus.asr.infer import load_lexicon
+
+        lex = load_lexicon(options.lm_text, tokenizer, dict(normalize or {}), options.lm_oov_logprob, options.lm_word_bonus)
+        lex.save_tables(out / "lexicon.npz")
+        res.files.append(out / "lexicon.npz")
+        lexicon = {"file": "lexicon.npz", "text": str(options.lm_text), "trie_nodes": lex.num_nodes,
+                   "oov_logprob": options.lm_oov_logprob, "word_bonus": options.lm_word_bonus}  # fmt: skip
     fe = model.frontend.cfg
     enc_spec = specs["encoder"]["inputs"]
     pred_spec = specs["predictor"]["inputs"]
@@ -393,7 +411,8 @@ def export_model(
         "tokenizer": tok_entry,
         "vocabulary": vocab,
         "normalize": dict(normalize or {}),
-        "decoding": decoding_defaults(options, source),
+        "decoding": decoding_defaults(options, source) | {"lm_weight": options.lm_weight},
+        "lexicon": lexicon,
         "graphs": specs,
     }  # fmt: skip
     (out / "metadata.json").write_text(json.dumps(meta, indent=1) + "\n")

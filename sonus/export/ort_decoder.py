@@ -36,6 +36,7 @@ import onnxruntime as ort
 from sonus.export.ort_search import (
     SEARCHES,
     LASRescorer,
+    LexiconTables,
     OnnxHypothesis,
     SearchOptions,
     Strategy,
@@ -189,7 +190,9 @@ class OnnxRecognizer:
     :class:`~sonus.asr.decoding.DecodingOptions` (greedy or modified_beam first pass); ``las_weight``
     and ``length_bonus`` default to the export's ``metadata.json`` ``decoding`` (the training run's
     decoding config), else 0.5 and 0. ``las``: rescore with LAS when the export has it (keeps the
-    encoder frames of the stream); score = (1 - w) * rnnt + w * las, as PyTorch's two-pass."""
+    encoder frames of the stream); score = (1 - w) * rnnt + w * las, as PyTorch's two-pass.
+    ``lm_weight``: shallow fusion of the export's lexicon LM (``sonus export ... lm.text=FILE``)
+    into modified_beam; its default is the export's ``lm.weight`` with modified_beam, else 0."""
 
     def __init__(
         self,
@@ -201,15 +204,21 @@ class OnnxRecognizer:
         beam_size: int = 4,
         las_weight: float | None = None,
         length_bonus: float | None = None,
+        lm_weight: float | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.meta = meta = read_metadata(self.folder)
         defaults = meta.get("decoding") or {}  # exports before this field: DecodingOptions' defaults
+        lexicon = meta.get("lexicon")  # exports without an LM, or before this field: None
+        if lm_weight is None:
+            lm_weight = float(defaults.get("lm_weight") or 0.0) if lexicon and strategy == "modified_beam" else 0.0
         self.options = SearchOptions(
             strategy, beam_size, max_symbols_per_frame,
             float(defaults.get("las_weight", 0.5) if las_weight is None else las_weight),
             float(defaults.get("length_bonus", 0.0) if length_bonus is None else length_bonus),
+            float(lm_weight),
         )  # fmt: skip
+        self.lm = self._lexicon(lexicon) if self.options.lm_weight else None
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = num_threads, 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -246,13 +255,26 @@ class OnnxRecognizer:
         self.transducer = Transducer(
             self.sessions["predictor"], self.sessions["joiner"], meta["state"]["predictor"], self.blank
         )
-        self.search = SEARCHES[self.options.strategy](self.options)
+        self.search = SEARCHES[self.options.strategy](self.options, self.lm)
         self.rescorer = (
             LASRescorer(self.sessions["las_listen"], self.sessions["las_step"], meta["las"]["dec_hidden"], self.eos)
             if "las_step" in self.sessions
             else None
         )
         self.has_las = self.rescorer is not None
+
+    def _lexicon(self, entry: dict[str, Any] | None) -> LexiconTables:
+        """The export's lexicon LM (``metadata.json``'s ``lexicon``), checked against its vocabulary."""
+        where = self.folder / "metadata.json"
+        if not entry:
+            raise ValueError(f"lm_weight > 0 needs a lexicon LM, and {where} has none (export with lm.text=FILE)")
+        path = self.folder / entry["file"]
+        if not path.is_file():
+            raise FileNotFoundError(f"lexicon LM missing: {path} (named in {where})")
+        lm = LexiconTables.load(path)
+        if lm.vocab_size != self.meta["vocab_size"]:
+            raise ValueError(f"{path}: a lexicon over {lm.vocab_size} labels, the model has {self.meta['vocab_size']}")
+        return lm
 
     def start(self) -> OnnxStream:
         """A new stream: zero history, the predictor primed with blank (start of sequence)."""

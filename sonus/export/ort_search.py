@@ -14,20 +14,25 @@ three steps, so a stream continues one state chunk by chunk::
 - :class:`ModifiedBeamSearch` (``decoding.beam``; icefall's ``modified_beam_search``): K
   hypotheses, at most one label a frame. A frame scores every hypothesis' extensions, keeps the
   2K best candidates, merges those with the same label sequence by log-sum-exp (ranked by their
-  best candidate) and keeps the K best distinct ones.
+  best candidate) and keeps the K best distinct ones. With a lexicon LM (:class:`LexiconTables`,
+  an export's ``lexicon.npz``) and ``lm_weight`` > 0, every label's score includes ``lm_weight``
+  times the LM's (shallow fusion, as ``decoding.lexicon``), and the n-best closes each
+  hypothesis' last word.
 - :class:`LASRescorer` (``decoding.las``): the teacher-forced LAS log P(tokens, <eos>) of every
-  hypothesis, then score = (1 - w) * rnnt + w * las + length_bonus * tokens, re-ranked.
+  hypothesis, then score = (1 - w) * rnnt + w * las + length_bonus * tokens (+ the fused LM's
+  score), re-ranked.
 
 Shapes: m encoder frames of a chunk, H encoder width, N rows (hypotheses), L predictor layers,
 Hp predictor width, V vocabulary, T encoder frames of an utterance, D listener width, A attention
-width, Hd LAS decoder width.
+width, Hd LAS decoder width, M lexicon trie nodes.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar, get_args
 
 import numpy as np
@@ -42,13 +47,15 @@ class SearchOptions:
     """How :class:`~sonus.export.ort_decoder.OnnxRecognizer` decodes, as
     :class:`~sonus.asr.decoding.DecodingOptions` names it: ``strategy`` the first pass (greedy:
     up to ``max_symbols_per_frame`` labels a frame; modified_beam: beam ``beam_size``, at most
-    one); with LAS, the final n-best is rescored with w = ``las_weight`` and ``length_bonus``."""
+    one); with LAS, the final n-best is rescored with w = ``las_weight`` and ``length_bonus``.
+    ``lm_weight`` > 0 fuses the export's lexicon LM into modified_beam (``decoding.lm_weight``)."""
 
     strategy: Strategy = "greedy"
     beam_size: int = 4
     max_symbols_per_frame: int = 10
     las_weight: float = 0.5
     length_bonus: float = 0.0
+    lm_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.strategy not in get_args(Strategy):
@@ -59,18 +66,23 @@ class SearchOptions:
             )
         if not 0.0 <= self.las_weight <= 1.0:
             raise ValueError(f"las_weight must be in [0, 1], got {self.las_weight}")
+        if self.lm_weight < 0.0:
+            raise ValueError(f"lm_weight must be >= 0, got {self.lm_weight}")
+        if self.lm_weight and self.strategy != "modified_beam":
+            raise ValueError(f"lm_weight > 0 needs strategy='modified_beam', got strategy={self.strategy!r}")
 
 
 @dataclass
 class OnnxHypothesis:
     """One entry of an n-best list. ``score`` ranks it: the RNN-T score, or after LAS rescoring
-    (1 - w) * rnnt_score + w * las_score + length_bonus * len(tokens)."""
+    (1 - w) * rnnt_score + w * las_score + length_bonus * len(tokens), plus ``lm_score`` with an LM."""
 
     tokens: list[int]
     score: float
     rnnt_score: float  # RNN-T log-probability of the search path (greedy) or of the label sequence (beam)
     las_score: float | None = None  # LAS teacher-forced log P(tokens, <eos>); None before rescoring
     text: str = ""
+    lm_score: float | None = None  # the weighted lexicon LM score in ``score``; None without an LM
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -103,6 +115,50 @@ class Transducer:
     def log_probs(self, enc: np.ndarray, pred: np.ndarray) -> np.ndarray:
         """enc (m, H), pred (N, Hp), m or N being 1 -> log-probabilities (max(m, N), V) in fp32."""
         return log_softmax(self.joiner.run(None, {"enc": enc, "pred": pred})[0])
+
+
+ROOT, OOV = 0, 1  # the lexicon's states between words and inside an unknown word
+
+
+class LexiconTables:
+    """:class:`sonus.asr.decoding.lexicon.Lexicon` for the numpy searches: its step tables, as
+    :meth:`~sonus.asr.decoding.lexicon.Lexicon.tables` gives them (an export's ``lexicon.npz``)."""
+
+    FIELDS = ("final", "start_node", "start_score", "starts", "la", "ptr", "cols", "nodes", "scores", "oov_logprob", "word_bonus")
+
+    def __init__(self, tables: Mapping[str, np.ndarray], source: str = "lexicon tables") -> None:
+        missing = [k for k in self.FIELDS if k not in tables]
+        if missing:
+            raise ValueError(f"{source}: not a sonus lexicon, missing {missing}")
+        t = {k: np.asarray(tables[k]) for k in self.FIELDS}
+        self.final, self.start_score, self.la, self.scores = (t[k].astype(np.float32) for k in ("final", "start_score", "la", "scores"))
+        self.start_node, self.ptr, self.cols, self.nodes = (t[k].astype(np.int64) for k in ("start_node", "ptr", "cols", "nodes"))
+        self.starts = t["starts"].astype(bool)
+        self.oov_logprob, self.word_bonus = np.float32(t["oov_logprob"]), float(t["word_bonus"])
+        self.vocab_size, self.num_nodes = self.starts.shape[0], self.final.shape[0]
+        if self.ptr.shape[0] != self.num_nodes + 1 or self.start_node.shape[0] != self.vocab_size:
+            raise ValueError(f"{source}: inconsistent tables ({self.num_nodes} nodes, ptr {self.ptr.shape[0]}, "
+                             f"{self.vocab_size} labels, start_node {self.start_node.shape[0]})")  # fmt: skip
+
+    @classmethod
+    def load(cls, path: str | Path) -> LexiconTables:
+        with np.load(path, allow_pickle=False) as z:
+            return cls({k: z[k] for k in z.files}, str(path))
+
+    def step(self, node: np.ndarray, blank: int) -> tuple[np.ndarray, np.ndarray]:
+        """node (N,) -> (score (N, V) fp32, next node (N, V)) of every label; blank keeps the node and scores 0."""
+        shape = (node.shape[0], self.vocab_size)
+        # a label off the trie enters OOV; a word-initial one closes the word and walks from ROOT
+        off = np.where(node != OOV, self.oov_logprob - self.la[node], np.float32(0.0))[:, None]
+        score = np.where(self.starts, self.final[node][:, None] + self.start_score, off).astype(np.float32)
+        nxt = np.broadcast_to(np.where(self.starts, self.start_node, OOV), shape).copy()
+        for n, m in enumerate(node.tolist()):  # labels that stay on the trie: node m's sparse row
+            lo, hi = self.ptr[m], self.ptr[m + 1]
+            score[n, self.cols[lo:hi]] = self.scores[lo:hi]
+            nxt[n, self.cols[lo:hi]] = self.nodes[lo:hi]
+        score[:, blank] = 0.0
+        nxt[:, blank] = node
+        return score, nxt
 
 
 class OrtSearch(ABC, Generic[S]):
@@ -168,23 +224,29 @@ class BeamState:
     """N <= K distinct hypotheses; row n of the predictor arrays belongs to ``tokens[n]``."""
 
     tokens: list[tuple[int, ...]]
-    scores: np.ndarray  # (N,) fp32 log-probabilities of the label sequences
+    scores: np.ndarray  # (N,) fp32 log-probabilities of the label sequences (with the weighted LM score)
     pred: np.ndarray  # (N, Hp) predictor output after each hypothesis' last label
     pred_state: list[np.ndarray]  # (L, N, Hp) each
+    lm_node: np.ndarray | None = None  # (N,) lexicon states; None without an LM
+    lm_score: np.ndarray | None = None  # (N,) fp32 weighted LM scores included in ``scores``
 
 
 class ModifiedBeamSearch(OrtSearch[BeamState]):
     """``sonus.asr.decoding.ModifiedBeamSearch`` for one stream: beam K, at most one label a frame.
 
     The beam holds only live hypotheses (PyTorch's batched one pads it with -inf slots, which
-    never survive a frame), so the first frames score fewer rows."""
+    never survive a frame), so the first frames score fewer rows. ``lm``: a lexicon LM fused with
+    ``lm_weight`` (shallow fusion), as in PyTorch's."""
 
-    def __init__(self, beam_size: int) -> None:
+    def __init__(self, beam_size: int, lm: LexiconTables | None = None, lm_weight: float = 0.0) -> None:
         self.K = beam_size
+        self.lm, self.lm_weight = (lm, np.float32(lm_weight)) if lm is not None and lm_weight else (None, np.float32(0.0))
 
     def start(self, tr: Transducer) -> BeamState:
         pred, pred_state = tr.start(1)
-        return BeamState([()], np.zeros(1, np.float32), pred, pred_state)
+        if self.lm is None:
+            return BeamState([()], np.zeros(1, np.float32), pred, pred_state)
+        return BeamState([()], np.zeros(1, np.float32), pred, pred_state, np.full(1, ROOT, np.int64), np.zeros(1, np.float32))
 
     def run(self, tr: Transducer, enc: np.ndarray, state: BeamState) -> BeamState:
         for t in range(enc.shape[0]):
@@ -195,6 +257,11 @@ class ModifiedBeamSearch(OrtSearch[BeamState]):
         """One encoder frame enc_t (1, H)."""
         lp = tr.log_probs(enc_t, state.pred)  # (N, V)
         V = lp.shape[1]
+        if self.lm is not None:
+            assert state.lm_node is not None and state.lm_score is not None, "a state of this search's start"
+            lm_step, lm_next = self.lm.step(state.lm_node, tr.blank)
+            lm_step *= self.lm_weight
+            lp = lp + lm_step
         cand = (state.scores[:, None] + lp).reshape(-1)  # (N * V,) fp32, as PyTorch adds them
         idx = _top(cand, 2 * self.K)
         # candidates with the same label sequence are one hypothesis (Graves 2012): its slot is
@@ -215,11 +282,24 @@ class ModifiedBeamSearch(OrtSearch[BeamState]):
             pred[emit] = out
             for s, n in zip(pred_state, new):
                 s[:, emit] = n
-        return BeamState([seq for seq, _ in kept], scores, pred, pred_state)
+        lm_node = lm_score = None
+        if self.lm is not None:
+            lm_node, lm_score = lm_next[src, labels], state.lm_score[src] + lm_step[src, labels]
+        return BeamState([seq for seq, _ in kept], scores, pred, pred_state, lm_node, lm_score)
 
     def nbest(self, state: BeamState) -> list[OnnxHypothesis]:
-        order = np.argsort(-state.scores, kind="stable")  # PyTorch's stable descending sort
-        return [OnnxHypothesis(list(state.tokens[k]), float(state.scores[k]), float(state.scores[k])) for k in order]
+        """Best first. With the LM each hypothesis' last word is closed (as at the end of the
+        utterance): ``lm_score`` is its weighted LM score, ``rnnt_score`` the rest."""
+        if self.lm is None or state.lm_node is None or state.lm_score is None:
+            order = np.argsort(-state.scores, kind="stable")  # PyTorch's stable descending sort
+            return [OnnxHypothesis(list(state.tokens[k]), float(state.scores[k]), float(state.scores[k])) for k in order]
+        lm_total = state.lm_score + self.lm_weight * self.lm.final[state.lm_node]
+        total = state.scores - state.lm_score + lm_total
+        order = np.argsort(-total, kind="stable")
+        return [
+            OnnxHypothesis(list(state.tokens[k]), float(total[k]), float(total[k]) - float(lm_total[k]), lm_score=float(lm_total[k]))
+            for k in order
+        ]
 
 
 def _top(x: np.ndarray, n: int) -> np.ndarray:
@@ -230,9 +310,10 @@ def _top(x: np.ndarray, n: int) -> np.ndarray:
     return np.argsort(-x, kind="stable")
 
 
-SEARCHES: dict[str, Callable[[SearchOptions], OrtSearch[Any]]] = {
-    "greedy": lambda o: GreedySearch(o.max_symbols_per_frame),
-    "modified_beam": lambda o: ModifiedBeamSearch(o.beam_size),
+# (options, the export's lexicon or None) -> the search
+SEARCHES: dict[str, Callable[[SearchOptions, LexiconTables | None], OrtSearch[Any]]] = {
+    "greedy": lambda o, lm: GreedySearch(o.max_symbols_per_frame),
+    "modified_beam": lambda o, lm: ModifiedBeamSearch(o.beam_size, lm, o.lm_weight),
 }
 
 
@@ -277,12 +358,12 @@ class LASRescorer:
 
     def rescore(self, enc: np.ndarray, nbest: list[OnnxHypothesis], las_weight: float, length_bonus: float = 0.0) -> list[OnnxHypothesis]:
         """The n-best of one utterance (encoder frames enc (T, H)) with LAS scores, re-ranked by
-        (1 - w) * rnnt + w * las + length_bonus * tokens (``decoding.las.combine``)."""
+        (1 - w) * rnnt + w * las + length_bonus * tokens (+ the fused LM's score; ``decoding.las.combine``)."""
         if not nbest:
             return []
         out = []
         for h, las in zip(nbest, self.scores(enc, [h.tokens for h in nbest])):
-            score = (1.0 - las_weight) * h.rnnt_score + las_weight * las + length_bonus * len(h.tokens)
-            out.append(OnnxHypothesis(h.tokens, score, h.rnnt_score, las, h.text))
+            score = (1.0 - las_weight) * h.rnnt_score + las_weight * las + length_bonus * len(h.tokens) + (h.lm_score or 0.0)
+            out.append(OnnxHypothesis(h.tokens, score, h.rnnt_score, las, h.text, h.lm_score))
         out.sort(key=lambda h: -h.score)
         return out

@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from sonus.asr.decoding import Decoder
+from sonus.asr.decoding.lexicon import Lexicon
 from sonus.asr.model import ASRCheckpoint
 from sonus.audio.io import resample
 from sonus.codec.infer import Tokenizer as SpeechTokenizer
@@ -45,11 +46,13 @@ NORMAL, GOING_AWAY, UNSUPPORTED, INVALID_DATA, POLICY, TOO_BIG, INTERNAL, TRY_LA
 
 @dataclass
 class Models:
-    """What the server runs: the recognizer, and optionally a separator and a speech tokenizer."""
+    """What the server runs: the recognizer, and optionally a separator, a speech tokenizer and
+    the lexicon LM its beam searches fuse."""
 
     asr: ASRCheckpoint
     separator: Separator | None = None
     speech_tokenizer: SpeechTokenizer | None = None
+    lm: Lexicon | None = None
 
 
 class ProtocolError(Exception):
@@ -113,8 +116,8 @@ def create_app(cfg: ServeConfig, models: Models) -> FastAPI:
     from sonus.serve import PROTOCOL
 
     asr = models.asr
-    engine = StreamEngine(asr.model, asr.tokenizer, cfg.decoding, cfg.chunk_ms, cfg.max_batch, cfg.endpoint)
-    decoder = Decoder(asr.model, asr.tokenizer, cfg.decoding)
+    engine = StreamEngine(asr.model, asr.tokenizer, cfg.decoding, cfg.chunk_ms, cfg.max_batch, cfg.endpoint, models.lm)
+    decoder = Decoder(asr.model, asr.tokenizer, cfg.decoding, models.lm)
     offline = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sonus-serve-http")  # one HTTP job at a time
     limits, sr = cfg.limits, engine.sample_rate
     max_upload = int(limits.max_upload_mb * 1e6)

@@ -29,6 +29,21 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class LexiconLM:
+    """``decoding.lm``: the lexicon LM the beam searches fuse (as ``sonus decode``'s); its
+    ``weight`` becomes ``DecodingOptions.lm_weight``."""
+
+    text: str | None = None  # transcripts to count the words of: a manifest (.jsonl) or a text file
+    weight: float = 0.0  # 0: no LM
+    oov_logprob: float = -20.0
+    word_bonus: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.weight < 0 or (self.weight and not self.text):
+            raise ValueError(f"decoding.lm.weight must be >= 0, and > 0 only with decoding.lm.text: got {self.weight}, text {self.text!r}")
+
+
+@dataclass(frozen=True)
 class Endpoint:
     """When the server ends an utterance by itself, from the transducer's alignment (the rules of
     k2's sherpa and Kaldi's online endpointing): the segment gets its two-pass final result and
@@ -73,6 +88,7 @@ class ServeConfig:
     auth_token: str | None = None  # bearer token for every endpoint but the page and /health; None: off
     chunk_ms: float = 160.0
     decoding: DecodingOptions = field(default_factory=lambda: DecodingOptions(strategy="greedy"))
+    lm: LexiconLM = field(default_factory=LexiconLM)  # the YAML's decoding.lm; its weight is decoding.lm_weight
     num_threads: int | None = None
     max_batch: int = 64  # streams decoded in one step at most
     endpoint: Endpoint = field(default_factory=Endpoint)
@@ -90,6 +106,10 @@ class ServeConfig:
             raise ValueError("auth_token must be null (off) or a non-empty string")
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.decoding.lm_weight and not self.lm.text:
+            raise ValueError("decoding.lm.weight > 0 needs decoding.lm.text (transcripts to build the lexicon from)")
+        if self.decoding.lm_weight and self.decoding.strategy == "greedy":
+            raise ValueError("decoding.lm.weight > 0 needs decoding.strategy=modified_beam or beam, got greedy")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ServeConfig:
@@ -101,8 +121,10 @@ class ServeConfig:
             raise ValueError(f"unknown serve config keys {unknown}; known: {sorted(known)}")
         limits = Limits(**(d.pop("limits", None) or {}))
         endpoint = Endpoint(**(d.pop("endpoint", None) or {}))
-        decoding = DecodingOptions(**(d.pop("decoding", None) or {"strategy": "greedy"}))
+        dec = dict(d.pop("decoding", None) or {"strategy": "greedy"})
+        lm = LexiconLM(**(dec.pop("lm", None) or {}))
+        decoding = DecodingOptions(**dec, lm_weight=lm.weight)
         origins = d.pop("allowed_origins", None) or ()
         if isinstance(origins, str):
             origins = (origins,)
-        return cls(limits=limits, endpoint=endpoint, decoding=decoding, allowed_origins=tuple(origins), **d)
+        return cls(limits=limits, endpoint=endpoint, decoding=decoding, lm=lm, allowed_origins=tuple(origins), **d)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from sonus.asr.decoding import Decoder, DecodeResult, DecodingOptions
+from sonus.asr.decoding.lexicon import Lexicon
 from sonus.asr.model import TwoPassASR
 from sonus.asr.streaming import StreamingDecoder
 from sonus.serve.config import Endpoint, endpoint_reached
@@ -72,8 +73,8 @@ class StreamEngine:
     """
 
     def __init__(self, model: TwoPassASR, tokenizer: Tokenizer, options: DecodingOptions, chunk_ms: float = 160.0, max_batch: int = 64,
-                 endpoint: Endpoint | None = None) -> None:  # fmt: skip
-        self.sd = StreamingDecoder(model, tokenizer, options, chunk_ms)
+                 endpoint: Endpoint | None = None, lm: Lexicon | None = None) -> None:  # fmt: skip
+        self.sd = StreamingDecoder(model, tokenizer, options, chunk_ms, lm)
         self.endpoint = endpoint or Endpoint(enabled=False)
         self.model, self.tokenizer, self.max_batch = model, tokenizer, max_batch
         self.sample_rate = model.cfg.sample_rate

@@ -29,5 +29,12 @@ def load_models(cfg: ServeConfig) -> Models:
         from sonus.codec.infer import Tokenizer
 
         tok = Tokenizer.from_checkpoint(cfg.tokenizer_checkpoint)
-    log.info("serving %s (%d Hz)%s%s", cfg.checkpoint, asr.model.cfg.sample_rate, ", separation" if sep else "", ", tokenizer" if tok else "")
-    return Models(asr, sep, tok)
+    lm = None
+    if cfg.decoding.lm_weight:
+        from sonus.asr.infer import load_lexicon
+
+        assert cfg.lm.text, "checked by ServeConfig"
+        lm = load_lexicon(cfg.lm.text, asr.tokenizer, asr.normalize, cfg.lm.oov_logprob, cfg.lm.word_bonus)
+    log.info("serving %s (%d Hz)%s%s%s", cfg.checkpoint, asr.model.cfg.sample_rate, ", separation" if sep else "", ", tokenizer" if tok else "",
+             f", lexicon LM x{cfg.decoding.lm_weight:g}" if lm else "")  # fmt: skip
+    return Models(asr, sep, tok, lm)

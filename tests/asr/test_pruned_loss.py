@@ -182,6 +182,20 @@ def test_pruned_rejects_windows_outside_the_lattice():
         pruned_rnnt_loss(logits, targets, ranges, T_b, U_b)
 
 
+@pytest.mark.parametrize("bad", ["falls", "jumps"])
+def test_windowed_lattice_rejects_windows_it_cannot_link(bad):
+    """A blank arc leads from window t to window t+1 only if the start does not fall and rises
+    by less than the width; frames past a sequence's end may do anything."""
+    B, T, W = 2, 5, 3
+    blank, label = torch.zeros(B, T, W, dtype=torch.float64), torch.zeros(B, T, W, dtype=torch.float64)
+    T_b, U_b = torch.tensor([5, 3]), torch.tensor([4, 2])
+    starts = torch.tensor([[0, 0, 1, 2, 2], [0, 1, 1, 0, 9]])  # row 1 falls and jumps past its end only
+    rnnt_lattice(blank, label, T_b, U_b, starts)
+    starts[0, 3] = 0 if bad == "falls" else 4  # 1 -> 0, or 1 -> 4 (a rise of W)
+    with pytest.raises(ValueError, match="window starts"):
+        rnnt_lattice(blank, label, T_b, U_b, starts)
+
+
 def test_simple_loss_rejects_an_unknown_reduction():
     targets, T_b, U_b, enc, pred, w = _case(4)
     with pytest.raises(ValueError, match="reduction"):

@@ -159,14 +159,14 @@ def test_las_weight_default_comes_from_the_training_config(export_variant, tmp_p
     """metadata.json's ``decoding`` holds the run's decoding.las_weight (config.yaml beside the
     checkpoint), DecodingOptions' default without one; the recognizer uses it unless told."""
     ex = export_variant("gru_pool_sp")
-    assert read_metadata(ex.folder)["decoding"] == {"las_weight": 0.5, "length_bonus": 0.0, "from": None}
+    assert read_metadata(ex.folder)["decoding"] == {"las_weight": 0.5, "length_bonus": 0.0, "from": None, "lm_weight": 0.0}
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(ex.checkpoint, run / "best.ckpt")
     (run / "config.yaml").write_text("decoding:\n  strategy: beam\n  las_weight: 0.3\n  length_bonus: 0.25\n")
     export_onnx(run / "best.ckpt", tmp_path / "onnx", ExportOptions(length_bonus=0.0))
     meta = read_metadata(tmp_path / "onnx")["decoding"]
-    assert meta == {"las_weight": 0.3, "length_bonus": 0.0, "from": str(run / "config.yaml")}
+    assert meta == {"las_weight": 0.3, "length_bonus": 0.0, "from": str(run / "config.yaml"), "lm_weight": 0.0}
     assert OnnxRecognizer(tmp_path / "onnx").options.las_weight == 0.3
     assert OnnxRecognizer(tmp_path / "onnx", las_weight=0.0).options.las_weight == 0.0
 

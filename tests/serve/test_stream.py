@@ -10,10 +10,15 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from sonus.asr.decoding import DecodingOptions
+from sonus.asr.decoding import Decoder, DecodingOptions
+from sonus.asr.infer import load_lexicon
+from sonus.asr.model import load_checkpoint
+from sonus.serve.config import LexiconLM, ServeConfig
+from sonus.serve.engine import StreamEngine
 
 from .conftest import OPTIONS, offline, running, serve_config, speech
 
@@ -104,10 +109,9 @@ def test_beam_search_final_has_an_nbest_list(asr_checkpoint):
     assert [h["score"] for h in final["nbest"]] == pytest.approx([h.score for h in want.nbest], abs=1e-4)
 
 
-def test_concurrent_streams_each_get_their_own_transcript(server, asr_checkpoint):
-    base, app = server
-    texts = ["abc fed", "bad cab dec", "face abc", "cab"]
-    pcms = [speech(t, seed=i) for i, t in enumerate(texts)]
+def stream_together(base: str, app, pcms: list[np.ndarray]) -> dict[int, dict]:
+    """Stream every pcm at once, each from its own client thread -> the finals by index; the
+    server must have decoded some of them together."""
     finals: dict[int, dict] = {}
 
     def client(i: int) -> None:
@@ -120,10 +124,87 @@ def test_concurrent_streams_each_get_their_own_transcript(server, asr_checkpoint
     for t in threads:
         t.join(timeout=60)
     assert sorted(finals) == list(range(len(pcms)))
+    assert app.state.engine.steps - steps < sum(len(p) // CHUNK for p in pcms), "streams were never decoded together"
+    return finals
+
+
+def test_concurrent_streams_each_get_their_own_transcript(server, asr_checkpoint):
+    texts = ["abc fed", "bad cab dec", "face abc", "cab"]
+    pcms = [speech(t, seed=i) for i, t in enumerate(texts)]
+    finals = stream_together(*server, pcms)
     for i, pcm in enumerate(pcms):
         assert finals[i]["text"] == offline(asr_checkpoint, pcm, OPTIONS)[1].best.text, i
-    chunks = sum(len(p) // CHUNK for p in pcms)
-    assert app.state.engine.steps - steps < chunks, "streams were never decoded together"
+
+
+def test_beam_search_with_a_lexicon_lm_equals_offline(asr_checkpoint, tmp_path):
+    """``decoding.lm``: streams decoded together fuse the lexicon as offline decoding with the
+    same LM does, and the LM changes the result."""
+    words = tmp_path / "words.txt"
+    words.write_text("abc fed bad cab\ndec face\n")
+    lm = LexiconLM(str(words), weight=0.8, oov_logprob=-3.0, word_bonus=1.5)
+    opts = DecodingOptions(strategy="modified_beam", beam_size=3, lm_weight=lm.weight)
+    texts = ["abc fed bad cab", "bad cab dec", "face abc"]
+    pcms = [speech(t, seed=i) for i, t in enumerate(texts)]
+    with running(replace(serve_config(asr_checkpoint), decoding=opts, lm=lm)) as (base, app):
+        finals = stream_together(base, app, pcms)
+    ck = load_checkpoint(asr_checkpoint)
+    lexicon = load_lexicon(words, ck.tokenizer, ck.normalize, lm.oov_logprob, lm.word_bonus)
+    changed = False
+    for i, pcm in enumerate(pcms):
+        want = _offline_with(ck, lexicon, opts, pcm)
+        assert [h["text"] for h in finals[i]["nbest"]] == [h.text for h in want.nbest], i
+        assert [h["score"] for h in finals[i]["nbest"]] == pytest.approx([h.score for h in want.nbest], abs=1e-4)
+        changed |= [h["text"] for h in finals[i]["nbest"]] != [h.text for h in offline(asr_checkpoint, pcm, replace(opts, lm_weight=0.0))[1].nbest]
+    assert changed, "the LM changed no n-best: the test shows nothing about fusion"
+    with pytest.raises(ValueError, match="decoding.lm.text"):
+        ServeConfig.from_dict({"checkpoint": str(asr_checkpoint), "decoding": {"strategy": "modified_beam", "lm": {"weight": 0.5}}})
+    with pytest.raises(ValueError, match="greedy"):
+        ServeConfig.from_dict({"checkpoint": str(asr_checkpoint), "decoding": {"strategy": "greedy", "lm": {"text": str(words), "weight": 0.5}}})
+    assert ServeConfig.from_dict({"checkpoint": "x", "decoding": {"strategy": "beam", "lm": {"text": "w", "weight": 0.5}}}).decoding.lm_weight == 0.5
+
+
+def _offline_with(ck, lexicon, opts: DecodingOptions, pcm: np.ndarray):
+    wave = torch.from_numpy(pcm.astype(np.float32) / 32768.0)[None]
+    return Decoder(ck.model, ck.tokenizer, opts, lexicon).decode(wave, torch.tensor([len(pcm)]))[1][0]
+
+
+def test_a_stream_joins_others_midway_with_the_lm(asr_checkpoint, tmp_path):
+    """A fresh stream's LM state stacks with one that has decoded for a while: steps are taken by
+    hand (the engine marked running, no worker thread), so the second stream surely joins the
+    first in mid-utterance; both finals equal offline decoding with the LM."""
+    words = tmp_path / "words.txt"
+    words.write_text("abc fed bad cab\ndec face\n")
+    ck = load_checkpoint(asr_checkpoint)
+    lexicon = load_lexicon(words, ck.tokenizer, ck.normalize, -3.0, 1.5)
+    for strategy in ("modified_beam", "beam"):
+        opts = DecodingOptions(strategy=strategy, beam_size=3, lm_weight=0.8)
+        engine = StreamEngine(ck.model, ck.tokenizer, opts, lm=lexicon)
+        engine._running = True
+        pcms = [speech("abc fed bad cab", seed=5), speech("face dec abc", seed=6)]
+        got: list[list[dict]] = [[], []]
+        a = engine.open(got[0].append)
+        engine.feed(a, pcms[0][: 4 * CHUNK])
+        for _ in range(4):
+            engine._once()
+        b = engine.open(got[1].append)
+        engine.feed(a, pcms[0][4 * CHUNK :])
+        engine.feed(b, pcms[1])
+        rows = engine.rows_decoded
+        engine._once()
+        assert engine.rows_decoded - rows == 2, "the two streams were not stacked"
+        while a.pending_samples >= CHUNK or b.pending_samples >= CHUNK:
+            engine._once()
+        engine.end(a)
+        engine.end(b)
+        engine._once()
+        engine._running = False
+        engine._finals.shutdown(wait=True)
+        for i, pcm in enumerate(pcms):
+            final = got[i][-1]
+            assert final["type"] == "final", final
+            want = _offline_with(ck, lexicon, opts, pcm)
+            assert [h["text"] for h in final["nbest"]] == [h.text for h in want.nbest], (strategy, i)
+            assert [h["score"] for h in final["nbest"]] == pytest.approx([h.score for h in want.nbest], abs=1e-4)
 
 
 # -- bad input -----------------------------------------------------------------------------

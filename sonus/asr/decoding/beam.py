@@ -218,9 +218,12 @@ class _BeamSearchBase(FrameSynchronousSearch[BeamState]):
         self.lm, self.lm_weight = fused(lm, lm_weight)
 
     def start(self, predictor: Predictor, joiner: Joiner, batch: int, device: torch.device) -> BeamState:
-        if self.lm is not None:
+        state = BeamState.start(predictor, joiner, batch, self.K, device)
+        if self.lm is not None:  # the lexicon states from the start: states of streams begun apart stack
             self.lm.to(device)
-        return BeamState.start(predictor, joiner, batch, self.K, device)
+            state.lm_node = torch.full(state.scores.shape, ROOT, dtype=torch.long, device=device)
+            state.lm_score = torch.zeros_like(state.scores)
+        return state
 
     def results(self, state: BeamState) -> list[DecodeResult]:
         return state.results(self.lm, self.lm_weight)

@@ -21,12 +21,16 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from sonus.text.tokenizer import BLANK, CharTokenizer, Tokenizer
 
 ROOT, OOV = 0, 1
+# the tensors :meth:`Lexicon.step` and :attr:`Lexicon.final` read
+TABLES = ("final", "start_node", "start_score", "starts", "la", "ptr", "cols", "nodes", "scores")
 
 
 def label_strings(tok: Tokenizer) -> list[str | None]:
@@ -137,9 +141,22 @@ class Lexicon:
         self.scores = torch.tensor(scores, dtype=torch.float32)
 
     def to(self, device: torch.device) -> Lexicon:
-        for k in ("final", "start_node", "start_score", "starts", "la", "ptr", "cols", "nodes", "scores"):
+        for k in TABLES:
             setattr(self, k, getattr(self, k).to(device))
         return self
+
+    def tables(self) -> dict[str, np.ndarray]:
+        """The step tables as numpy arrays, with ``oov_logprob`` and ``word_bonus`` (0-d): what an
+        ONNX export writes (``lexicon.npz``) for :class:`sonus.export.ort_search.LexiconTables`."""
+        out = {k: getattr(self, k).cpu().numpy() for k in TABLES}
+        out["oov_logprob"] = np.array(self.oov_logprob, dtype=np.float32)
+        out["word_bonus"] = np.array(self.word_bonus, dtype=np.float32)
+        return out
+
+    def save_tables(self, path: str | Path) -> None:
+        """:meth:`tables` as an ``.npz`` file (plain arrays: read with ``allow_pickle=False``)."""
+        with open(path, "wb") as f:  # np.savez would add .npz to a name without it
+            np.savez(f, **self.tables())
 
     def step(self, node: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """node (N,) -> (score (N, V), next node (N, V)) of every label; blank keeps the node and scores 0."""
