@@ -35,14 +35,12 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from sonus.asr.decoding import DecodingOptions
 from sonus.asr.encoder import LSTMEncoder
 from sonus.asr.model import TwoPassASR, load_checkpoint
 from sonus.export.graphs import (
@@ -54,17 +52,21 @@ from sonus.export.graphs import (
     LSTMEncoderGraph,
     PredictorGraph,
 )
+from sonus.export.metadata import (
+    FORMAT_VERSION,
+    decoding_defaults,
+    encoder_entry,
+    sonus_version,
+    tokenizer_entry,
+    write_lexicon,
+)
 from sonus.nn.conformer import CausalSubsampling, ConformerEncoder
 from sonus.text.tokenizer import (
     BLANK,
     EOS,
     UNK,
-    CharTokenizer,
-    SentencePieceTokenizer,
     Tokenizer,
 )
-
-FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -115,13 +117,6 @@ class _Graph:
     input_names: list[str]
     output_names: list[str]
     dynamic: dict[str, dict[int, str]]
-
-
-def sonus_version() -> str:
-    try:
-        return version("sonus")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def check_exportable(model: TwoPassASR, where: str = "model") -> None:
@@ -182,26 +177,6 @@ def _encoder_graph(model: TwoPassASR, g: torch.Generator) -> _Graph:
         dynamic |= {f"sub{i}_{d}": {0: "batch"} for i in (1, 2) for d in ("in", "out")}
     return _Graph("encoder", graph, tuple(inputs), ["feats", *[f"{s}_in" for s in states]],
                   ["enc", *[f"{s}_out" for s in states]], dynamic)  # fmt: skip
-
-
-def _encoder_meta(model: TwoPassASR) -> dict[str, Any]:
-    """``metadata.json``'s ``encoder``: what the recognizer needs to feed the encoder graph."""
-    enc, cfg = model.encoder, model.cfg.encoder
-    if isinstance(enc, LSTMEncoder):
-        return {
-            "kind": "lstm",
-            "reduction": cfg.reduction,
-            "layers": cfg.layers,
-            "out_dim": enc.out_dim,
-        }
-    c = enc.cfg
-    return {
-        "kind": "conformer", "out_dim": enc.out_dim, "layers": c.layers, "heads": c.heads, "conv_kernel": c.conv_kernel,
-        "subsampling": c.subsampling, "reduction": enc.reduction,  # feature frames per encoder frame
-        "chunk_size": c.chunk_size,  # encoder frames a chunk
-        "chunk_frames": enc.reduction * c.chunk_size,  # feature frames a chunk: the unit the graph takes
-        "left_chunks": c.left_chunks, "cache": "fixed" if c.left_chunks >= 0 else "growing",
-    }  # fmt: skip
 
 
 def _graphs(model: TwoPassASR) -> list[_Graph]:
@@ -294,53 +269,6 @@ def _io_spec(gr: _Graph) -> dict[str, Any]:
     }
 
 
-def decoding_defaults(options: ExportOptions, checkpoint: str | Path = "") -> dict[str, Any]:
-    """``metadata.json``'s ``decoding``: w and the length bonus of LAS rescoring, each from
-    ``options`` when given, else from the training run's config (``decoding`` of the
-    ``config.yaml`` that training writes beside its checkpoints), else
-    :class:`~sonus.asr.decoding.DecodingOptions`' defaults; ``from`` says which file, if any."""
-    found: dict[str, Any] = {}
-    cfg_path = Path(checkpoint).parent / "config.yaml" if checkpoint else None
-    if cfg_path is not None and cfg_path.is_file():
-        import yaml  # type: ignore[import-untyped]  # the config is saved resolved: plain YAML
-
-        try:
-            cfg = yaml.safe_load(cfg_path.read_text())
-        except (OSError, yaml.YAMLError) as e:  # a damaged run folder must not block the export
-            warnings.warn(f"{cfg_path}: cannot read it ({e}); using the default decoding options", stacklevel=2)
-            cfg = None
-        dec = cfg.get("decoding") if isinstance(cfg, dict) else None
-        found = dict(dec) if isinstance(dec, dict) else {}
-    d = DecodingOptions()
-
-    def pick(given: float | None, key: str, default: float) -> float:
-        return float(given if given is not None else found[key] if found.get(key) is not None else default)
-
-    return {
-        "las_weight": pick(options.las_weight, "las_weight", d.las_weight),
-        "length_bonus": pick(options.length_bonus, "length_bonus", d.length_bonus),
-        "from": str(cfg_path) if found else None,
-    }
-
-
-def _tokenizer_entry(tok: Tokenizer) -> tuple[dict[str, Any], str, list[str]]:
-    """-> metadata entry, file name, vocabulary (id -> piece, blank/unk/eos included)."""
-    if isinstance(tok, CharTokenizer):
-        return (
-            {"kind": "char", "file": "tokenizer.chars", "id_shift": 3},
-            "tokenizer.chars",
-            ["<blank>", "<unk>", "<eos>", *tok.chars],
-        )
-    if isinstance(tok, SentencePieceTokenizer):
-        pieces = [tok.sp.id_to_piece(i) for i in range(tok.sp.get_piece_size())]
-        return (
-            {"kind": "sentencepiece", "file": "tokenizer.model", "id_shift": 1},
-            "tokenizer.model",
-            ["<blank>", *pieces],
-        )
-    raise ValueError(f"cannot export tokenizer of type {type(tok).__name__}")
-
-
 def export_model(
     model: TwoPassASR,
     tokenizer: Tokenizer,
@@ -366,22 +294,16 @@ def export_model(
         _export_graph(gr, path, options.opset)
         specs[gr.name] = _io_spec(gr)
         res.files.append(path)
-    tok_entry, tok_file, vocab = _tokenizer_entry(tokenizer)
+    tok_entry, tok_file, vocab = tokenizer_entry(tokenizer)
     if len(vocab) != cfg.vocab_size:
         raise ValueError(
             f"{source or 'model'}: tokenizer has {len(vocab)} ids, model.vocab_size is {cfg.vocab_size}"
         )
     (out / tok_file).write_bytes(tokenizer.to_bytes())
     res.files.append(out / tok_file)
-    lexicon = None
-    if options.lm_text:
-        from sonus.asr.infer import load_lexicon
-
-        lex = load_lexicon(options.lm_text, tokenizer, dict(normalize or {}), options.lm_oov_logprob, options.lm_word_bonus)
-        lex.save_tables(out / "lexicon.npz")
-        res.files.append(out / "lexicon.npz")
-        lexicon = {"file": "lexicon.npz", "text": str(options.lm_text), "trie_nodes": lex.num_nodes,
-                   "oov_logprob": options.lm_oov_logprob, "word_bonus": options.lm_word_bonus}  # fmt: skip
+    lexicon = write_lexicon(options, tokenizer, dict(normalize or {}), out)
+    if lexicon is not None:
+        res.files.append(out / lexicon["file"])
     fe = model.frontend.cfg
     enc_spec = specs["encoder"]["inputs"]
     pred_spec = specs["predictor"]["inputs"]
@@ -397,7 +319,7 @@ def export_model(
         "frontend": {"n_fft": fe.n_fft, "hop_length": fe.hop_length, "n_mels": fe.n_mels, "context_samples": graphs[0].module.context},
         "chunk_ms": options.chunk_ms,
         "chunk_samples": chunk_samples,
-        "encoder": _encoder_meta(model),
+        "encoder": encoder_entry(model),
         "predictor": {"kind": cfg.predictor.kind, "layers": cfg.predictor.layers, "out_dim": model.predictor.out_dim},
         "las": None if model.las is None else {"enc_dim": model.las.enc_dim, "dec_hidden": cfg.las.dec_hidden, "attention_dim": cfg.las.attention_dim},
         "state": {
