@@ -1,8 +1,8 @@
 """Streaming two-pass recognition with the exported graphs: onnxruntime and numpy only, no torch.
 
 Reads a folder written by :func:`sonus.export.onnx.export_onnx` and mirrors
-:class:`~sonus.asr.streaming.StreamingDecoder` with ``strategy="greedy"`` (the default) or
-``"modified_beam"``, and LAS rescoring at the end (``second_pass="rescore"``)::
+:class:`~sonus.asr.streaming.StreamingDecoder` with ``strategy="greedy"`` (the default),
+``"modified_beam"`` or ``"beam"``, and LAS rescoring at the end (``second_pass="rescore"``)::
 
     rec = OnnxRecognizer("exported/", strategy="modified_beam", beam_size=4)
     stream = rec.start()
@@ -187,12 +187,12 @@ class OnnxRecognizer:
 
     ``num_threads``: onnxruntime intra-op threads of every graph. ``strategy``, ``beam_size``,
     ``max_symbols_per_frame``, ``las_weight``, ``length_bonus``: as in
-    :class:`~sonus.asr.decoding.DecodingOptions` (greedy or modified_beam first pass); ``las_weight``
+    :class:`~sonus.asr.decoding.DecodingOptions` (greedy, modified_beam or beam first pass); ``las_weight``
     and ``length_bonus`` default to the export's ``metadata.json`` ``decoding`` (the training run's
     decoding config), else 0.5 and 0. ``las``: rescore with LAS when the export has it (keeps the
     encoder frames of the stream); score = (1 - w) * rnnt + w * las, as PyTorch's two-pass.
     ``lm_weight``: shallow fusion of the export's lexicon LM (``sonus export ... lm.text=FILE``)
-    into modified_beam; its default is the export's ``lm.weight`` with modified_beam, else 0."""
+    into the beam searches; its default is the export's ``lm.weight`` with a beam search, else 0."""
 
     def __init__(
         self,
@@ -211,7 +211,7 @@ class OnnxRecognizer:
         defaults = meta.get("decoding") or {}  # exports before this field: DecodingOptions' defaults
         lexicon = meta.get("lexicon")  # exports without an LM, or before this field: None
         if lm_weight is None:
-            lm_weight = float(defaults.get("lm_weight") or 0.0) if lexicon and strategy == "modified_beam" else 0.0
+            lm_weight = float(defaults.get("lm_weight") or 0.0) if lexicon and strategy != "greedy" else 0.0
         self.options = SearchOptions(
             strategy, beam_size, max_symbols_per_frame,
             float(defaults.get("las_weight", 0.5) if las_weight is None else las_weight),

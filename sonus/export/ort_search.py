@@ -18,6 +18,9 @@ three steps, so a stream continues one state chunk by chunk::
   an export's ``lexicon.npz``) and ``lm_weight`` > 0, every label's score includes ``lm_weight``
   times the LM's (shallow fusion, as ``decoding.lexicon``), and the n-best closes each
   hypothesis' last word.
+- :class:`BeamSearch` (``decoding.beam``'s time-synchronous search): up to ``max_symbols``
+  labels a frame in rounds, a hypothesis that took blank carried to the next round; for
+  models that emit several labels a frame. The LM fuses into it as into modified beam search.
 - :class:`LASRescorer` (``decoding.las``): the teacher-forced LAS log P(tokens, <eos>) of every
   hypothesis, then score = (1 - w) * rnnt + w * las + length_bonus * tokens (+ the fused LM's
   score), re-ranked.
@@ -38,7 +41,7 @@ from typing import Any, Generic, Literal, TypeVar, get_args
 import numpy as np
 import onnxruntime as ort
 
-Strategy = Literal["greedy", "modified_beam"]
+Strategy = Literal["greedy", "modified_beam", "beam"]
 S = TypeVar("S")
 
 
@@ -47,8 +50,9 @@ class SearchOptions:
     """How :class:`~sonus.export.ort_decoder.OnnxRecognizer` decodes, as
     :class:`~sonus.asr.decoding.DecodingOptions` names it: ``strategy`` the first pass (greedy:
     up to ``max_symbols_per_frame`` labels a frame; modified_beam: beam ``beam_size``, at most
-    one); with LAS, the final n-best is rescored with w = ``las_weight`` and ``length_bonus``.
-    ``lm_weight`` > 0 fuses the export's lexicon LM into modified_beam (``decoding.lm_weight``)."""
+    one; beam: beam ``beam_size``, up to ``max_symbols_per_frame``); with LAS, the final n-best is
+    rescored with w = ``las_weight`` and ``length_bonus``. ``lm_weight`` > 0 fuses the export's
+    lexicon LM into the beam searches (``decoding.lm_weight``)."""
 
     strategy: Strategy = "greedy"
     beam_size: int = 4
@@ -68,8 +72,8 @@ class SearchOptions:
             raise ValueError(f"las_weight must be in [0, 1], got {self.las_weight}")
         if self.lm_weight < 0.0:
             raise ValueError(f"lm_weight must be >= 0, got {self.lm_weight}")
-        if self.lm_weight and self.strategy != "modified_beam":
-            raise ValueError(f"lm_weight > 0 needs strategy='modified_beam', got strategy={self.strategy!r}")
+        if self.lm_weight and self.strategy == "greedy":
+            raise ValueError(f"lm_weight > 0 needs strategy='modified_beam' or 'beam', got strategy={self.strategy!r}")
 
 
 @dataclass
@@ -117,7 +121,7 @@ class Transducer:
         return log_softmax(self.joiner.run(None, {"enc": enc, "pred": pred})[0])
 
 
-ROOT, OOV = 0, 1  # the lexicon's states between words and inside an unknown word
+ROOT, OOV = 0, 1  # the lexicon's states between words and inside an unknown word (as sonus.asr.decoding.lexicon's)
 
 
 class LexiconTables:
@@ -255,26 +259,42 @@ class ModifiedBeamSearch(OrtSearch[BeamState]):
 
     def frame(self, tr: Transducer, enc_t: np.ndarray, state: BeamState) -> BeamState:
         """One encoder frame enc_t (1, H)."""
-        lp = tr.log_probs(enc_t, state.pred)  # (N, V)
+        lp, lm = self._log_probs(tr, enc_t, state)  # (N, V)
         V = lp.shape[1]
-        if self.lm is not None:
-            assert state.lm_node is not None and state.lm_score is not None, "a state of this search's start"
-            lm_step, lm_next = self.lm.step(state.lm_node, tr.blank)
-            lm_step *= self.lm_weight
-            lp = lp + lm_step
         cand = (state.scores[:, None] + lp).reshape(-1)  # (N * V,) fp32, as PyTorch adds them
         idx = _top(cand, 2 * self.K)
-        # candidates with the same label sequence are one hypothesis (Graves 2012): its slot is
-        # that of its best candidate, its score the log-sum-exp of its candidates (in fp64)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i in idx.tolist():
-            src, label = divmod(i, V)
-            seq = state.tokens[src] if label == tr.blank else state.tokens[src] + (label,)
-            groups.setdefault(seq, []).append(i)
+        return self._select(tr, state, cand[idx], idx // V, idx % V, None, lm)[0]
+
+    def _log_probs(self, tr: Transducer, enc_t: np.ndarray, state: BeamState) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+        """(N, V) label scores, the weighted LM's included, and the LM step (scores, next states) taken."""
+        lp = tr.log_probs(enc_t, state.pred)
+        if self.lm is None:
+            return lp, None
+        assert state.lm_node is not None, "a state of this search's start"
+        lm_step, lm_next = self.lm.step(state.lm_node, tr.blank)
+        lm_step *= self.lm_weight
+        return lp + lm_step, (lm_step, lm_next)
+
+    def _select(
+        self, tr: Transducer, state: BeamState, cand: np.ndarray, src: np.ndarray, labels: np.ndarray, done: np.ndarray | None,
+        lm: tuple[np.ndarray, np.ndarray] | None,
+    ) -> tuple[BeamState, np.ndarray]:
+        """The next beam from candidates (best first, -inf dropped): hypothesis ``src`` extended with
+        ``labels`` (blank: none) -> the state and which of its hypotheses are ``done`` (ended the frame).
+
+        Candidates with the same label sequence (and the same ``done``, when given) are one
+        hypothesis (Graves 2012): its slot is that of its best candidate, its score the
+        log-sum-exp of its candidates (in fp64), as PyTorch's ``select_hypotheses``."""
+        groups: dict[tuple[tuple[int, ...], bool], list[int]] = {}
+        for i, (k, label) in enumerate(zip(src.tolist(), labels.tolist())):
+            if cand[i] == -np.inf:
+                continue
+            seq = state.tokens[k] if label == tr.blank else state.tokens[k] + (label,)
+            groups.setdefault((seq, bool(done[i]) if done is not None else False), []).append(i)
         kept = list(groups.items())[: self.K]  # dicts keep the order of each hypothesis' best candidate
         scores = np.array([np.logaddexp.reduce(cand[g].astype(np.float64)) for _, g in kept]).astype(np.float32)
         best = np.array([g[0] for _, g in kept])
-        src, labels = best // V, best % V
+        src, labels = src[best], labels[best]
         pred, pred_state = state.pred[src], [s[:, src] for s in state.pred_state]  # copies
         emit = np.flatnonzero(labels != tr.blank)
         if emit.size:
@@ -283,9 +303,11 @@ class ModifiedBeamSearch(OrtSearch[BeamState]):
             for s, n in zip(pred_state, new):
                 s[:, emit] = n
         lm_node = lm_score = None
-        if self.lm is not None:
-            lm_node, lm_score = lm_next[src, labels], state.lm_score[src] + lm_step[src, labels]
-        return BeamState([seq for seq, _ in kept], scores, pred, pred_state, lm_node, lm_score)
+        if lm is not None:
+            assert state.lm_score is not None
+            lm_node, lm_score = lm[1][src, labels], state.lm_score[src] + lm[0][src, labels]
+        tokens = [seq for (seq, _), _ in kept]
+        return BeamState(tokens, scores, pred, pred_state, lm_node, lm_score), np.array([d for (_, d), _ in kept], dtype=bool)
 
     def nbest(self, state: BeamState) -> list[OnnxHypothesis]:
         """Best first. With the LM each hypothesis' last word is closed (as at the end of the
@@ -302,6 +324,41 @@ class ModifiedBeamSearch(OrtSearch[BeamState]):
         ]
 
 
+class BeamSearch(ModifiedBeamSearch):
+    """``sonus.asr.decoding.BeamSearch`` for one stream: the time-synchronous beam search, up to
+    ``max_symbols`` labels a frame (Saon et al. 2020).
+
+    A frame runs ``max_symbols + 1`` rounds: every open hypothesis extends by a label or by
+    blank, which ends its frame ("done"); a done one is carried to the next round unchanged; the
+    last round allows blank only. Each round keeps the K best distinct hypotheses (a done and an
+    open one with the same labels are distinct). Models that emit a word's labels as a burst
+    in one frame (the demo's characters at 80 ms frames) need it: modified beam search truncates them."""
+
+    def __init__(self, beam_size: int, max_symbols: int, lm: LexiconTables | None = None, lm_weight: float = 0.0) -> None:
+        super().__init__(beam_size, lm, lm_weight)
+        self.max_symbols = max_symbols
+
+    def frame(self, tr: Transducer, enc_t: np.ndarray, state: BeamState) -> BeamState:
+        closed = np.zeros(len(state.tokens), dtype=bool)
+        for rnd in range(self.max_symbols + 1):
+            if closed.all():
+                break
+            lp, lm = self._log_probs(tr, enc_t, state)  # (N, V)
+            N, V = lp.shape
+            ext = state.scores[:, None] + lp  # open ones extend ...
+            ext[closed] = -np.inf
+            if rnd == self.max_symbols:  # ... with blank only in the last round
+                ext[:, np.arange(V) != tr.blank] = -np.inf
+            carry = np.where(closed, state.scores, np.float32(-np.inf))  # done ones stay as they are
+            everything = np.concatenate([ext.reshape(-1), carry])
+            idx = _top(everything, min(2 * self.K, everything.size))
+            carried = idx >= N * V
+            src = np.where(carried, idx - N * V, idx // V)
+            labels = np.where(carried, tr.blank, idx % V)
+            state, closed = self._select(tr, state, everything[idx], src, labels, labels == tr.blank, lm)
+        return state
+
+
 def _top(x: np.ndarray, n: int) -> np.ndarray:
     """Indices of the ``n`` largest values of x (1-D), largest first."""
     if n < x.size:
@@ -314,6 +371,7 @@ def _top(x: np.ndarray, n: int) -> np.ndarray:
 SEARCHES: dict[str, Callable[[SearchOptions, LexiconTables | None], OrtSearch[Any]]] = {
     "greedy": lambda o, lm: GreedySearch(o.max_symbols_per_frame),
     "modified_beam": lambda o, lm: ModifiedBeamSearch(o.beam_size, lm, o.lm_weight),
+    "beam": lambda o, lm: BeamSearch(o.beam_size, o.max_symbols_per_frame, lm, o.lm_weight),
 }
 
 

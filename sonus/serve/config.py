@@ -122,6 +122,8 @@ class ServeConfig:
         limits = Limits(**(d.pop("limits", None) or {}))
         endpoint = Endpoint(**(d.pop("endpoint", None) or {}))
         dec = dict(d.pop("decoding", None) or {"strategy": "greedy"})
+        if "lm_weight" in dec:
+            raise ValueError("serve config: the LM's weight is decoding.lm.weight (with decoding.lm.text), not decoding.lm_weight")
         lm = LexiconLM(**(dec.pop("lm", None) or {}))
         decoding = DecodingOptions(**dec, lm_weight=lm.weight)
         origins = d.pop("allowed_origins", None) or ()

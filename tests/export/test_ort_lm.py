@@ -11,12 +11,18 @@ import numpy as np
 import pytest
 import torch
 
-from sonus.asr.decoding import Decoder, DecodingOptions, ModifiedBeamSearch, bind
+from sonus.asr.decoding import (
+    BeamSearch,
+    Decoder,
+    DecodingOptions,
+    ModifiedBeamSearch,
+    bind,
+)
 from sonus.asr.decoding.lexicon import OOV, ROOT
 from sonus.asr.infer import load_lexicon
 from sonus.asr.streaming import StreamingDecoder
 from sonus.cli import compose
-from sonus.export import run_export
+from sonus.export import ort_search, run_export
 from sonus.export.onnx import ExportOptions, export_onnx
 from sonus.export.ort_decoder import OnnxRecognizer, read_metadata
 from sonus.export.ort_search import LexiconTables
@@ -28,6 +34,7 @@ WORDS = "abc fed bad\ncab dec face\nface bad bad\ndec abc cab\nfad dab\n"
 LM_WEIGHT, OOV_LOGPROB, WORD_BONUS = 0.6, -2.0, 2.5
 TOL = 1e-4
 STREAM_TOL = {"abs": 1e-3, "rel": 1e-5}  # as test_ort_two_pass: whole streams through the graphs
+SEARCHES = {"modified_beam": lambda *lm: ModifiedBeamSearch(4, *lm), "beam": lambda *lm: BeamSearch(4, 3, *lm)}
 
 
 @dataclass
@@ -50,6 +57,7 @@ def with_lm(exported, tmp_path_factory) -> WithLM:
 def test_tables_step_as_the_lexicon(with_lm):
     """LexiconTables.step (numpy) gives Lexicon.step's scores and next states for every trie node."""
     lex = with_lm.lexicon
+    assert (ort_search.ROOT, ort_search.OOV) == (ROOT, OOV)  # numpy's copy of the lexicon's states
     tables = LexiconTables.load(with_lm.folder / "lexicon.npz")
     nodes = torch.arange(lex.num_nodes)
     want_score, want_next = lex.step(nodes)
@@ -62,18 +70,20 @@ def test_tables_step_as_the_lexicon(with_lm):
     assert (got_next[ROOT] > OOV).any() and (got_next[2:] == OOV).any() and tables.starts.any()
 
 
+@pytest.mark.parametrize("strategy", list(SEARCHES))
 @pytest.mark.parametrize("chunk", [1, 5])
 @torch.no_grad()
-def test_fused_search_equals_pytorch_on_the_same_frames(with_lm, chunk):
+def test_fused_search_equals_pytorch_on_the_same_frames(with_lm, chunk, strategy):
     """The same encoder frames in chunks: the n-best after every chunk (tokens, order; total, RNN-T
-    and LM scores within 1e-4) equals PyTorch's ModifiedBeamSearch with the same lexicon and weight."""
+    and LM scores within 1e-4) equals PyTorch's search (modified or time-synchronous beam, 3
+    labels a frame) with the same lexicon and weight."""
     m, tok = with_lm.ex.model, with_lm.ex.tokenizer
-    rec = OnnxRecognizer(with_lm.folder, strategy="modified_beam", beam_size=4, las=False)
+    rec = OnnxRecognizer(with_lm.folder, strategy=strategy, beam_size=4, max_symbols_per_frame=3, las=False)
     assert rec.options.lm_weight == LM_WEIGHT  # the export's default
-    search = bind(ModifiedBeamSearch(4, with_lm.lexicon, LM_WEIGHT), m)
-    plain = bind(ModifiedBeamSearch(4), m)
+    search = bind(SEARCHES[strategy](with_lm.lexicon, LM_WEIGHT), m)
+    plain = bind(SEARCHES[strategy](), m)
     decoder = Decoder(m, tok, DecodingOptions(strategy="modified_beam", second_pass="none"))
-    changed = lm_scored = False
+    changed = False
     for i, wave in enumerate(with_lm.ex.waves[:2]):
         enc = m.encode(torch.from_numpy(wave)[None], torch.tensor([len(wave)]))
         T, frames = int(enc.lengths[0]), enc.enc[0].numpy()
@@ -91,10 +101,9 @@ def test_fused_search_equals_pytorch_on_the_same_frames(with_lm, chunk):
             for g, w in zip(got, want.nbest):
                 assert (g.score, g.rnnt_score, g.lm_score) == pytest.approx((w.score, w.rnnt_score, w.lm_score), abs=TOL), (what, g, w)
                 assert g.score == pytest.approx(g.rnnt_score + g.lm_score, abs=1e-9)
-        assert len(want.nbest) > 1 and len(want.best.tokens) > 0, "the comparison needs an n-best of labels"
+        assert len(want.nbest) > 1 and any(h.tokens for h in want.nbest), "the comparison needs an n-best of labels"
         changed |= [h.tokens for h in want.nbest] != [h.tokens for h in plain.results(plain_state)[0].nbest]
-        lm_scored |= any(h.lm_score != 0.0 for h in want.nbest)
-    assert changed and lm_scored, "the LM never changed the n-best: the test shows nothing about fusion"
+    assert changed, "the LM never changed the n-best: the test shows nothing about fusion"
 
 
 @pytest.mark.parametrize("chunk", [2560])

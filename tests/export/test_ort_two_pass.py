@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from sonus.asr.decoding import (
+    BeamSearch,
     Decoder,
     DecodeResult,
     DecodingOptions,
@@ -30,6 +31,9 @@ from sonus.export.ort_search import OnnxHypothesis
 TOL = 1e-4  # the searches on the same encoder frames
 STREAM_TOL = {"abs": 1e-3, "rel": 1e-5}  # whole streams: the graphs agree to 1e-4 a value, the sharp joiner amplifies it
 LAS_WEIGHT = 0.7  # not the default, so that the weight is seen to be applied
+MAX_SYMBOLS = 3  # the time-synchronous beam search's labels a frame
+# (strategy, PyTorch's search): modified beam (one label a frame) and the time-synchronous beam
+SEARCHES = {"modified_beam": lambda: ModifiedBeamSearch(4), "beam": lambda: BeamSearch(4, MAX_SYMBOLS)}
 
 
 def _same_nbest(got: list[OnnxHypothesis], want: DecodeResult, what: str, las: bool, **tol: float) -> None:
@@ -50,16 +54,18 @@ def _texts(rec: OnnxRecognizer, nbest: list[OnnxHypothesis]) -> list[OnnxHypothe
     return nbest
 
 
+@pytest.mark.parametrize("strategy", list(SEARCHES))
 @pytest.mark.parametrize("chunk", [1, 7])
 @torch.no_grad()
-def test_search_and_rescoring_equal_pytorch_on_the_same_frames(exported, chunk):
+def test_search_and_rescoring_equal_pytorch_on_the_same_frames(exported, chunk, strategy):
     """The same encoder frames, in chunks of ``chunk`` frames: the n-best of the onnxruntime search
-    after every chunk, then after LAS rescoring, equal PyTorch's ModifiedBeamSearch, las_score_nbest
-    and combine (token ids, texts, order; RNN-T, LAS and combined scores within 1e-4)."""
+    after every chunk, then after LAS rescoring, equal PyTorch's search (ModifiedBeamSearch or
+    BeamSearch), las_score_nbest and combine (token ids, texts, order; RNN-T, LAS and combined
+    scores within 1e-4)."""
     m, tok = exported.model, exported.tokenizer
-    rec = OnnxRecognizer(exported.folder, strategy="modified_beam", beam_size=4, las_weight=LAS_WEIGHT)
-    search = bind(ModifiedBeamSearch(4), m)
-    decoder = Decoder(m, tok, DecodingOptions(strategy="modified_beam", second_pass="none"))
+    rec = OnnxRecognizer(exported.folder, strategy=strategy, beam_size=4, max_symbols_per_frame=MAX_SYMBOLS, las_weight=LAS_WEIGHT)
+    search = bind(SEARCHES[strategy](), m)
+    decoder = Decoder(m, tok, DecodingOptions(strategy=strategy, second_pass="none"))
     for i, wave in enumerate(exported.waves[:2]):
         enc = m.encode(torch.from_numpy(wave)[None], torch.tensor([len(wave)]))  # (1, T, H)
         T, frames = int(enc.lengths[0]), enc.enc[0].numpy()
@@ -81,16 +87,18 @@ def test_search_and_rescoring_equal_pytorch_on_the_same_frames(exported, chunk):
         _same_nbest(_texts(rec, got), want, f"wave {i}, rescored", True, abs=TOL)
 
 
+@pytest.mark.parametrize("strategy", list(SEARCHES))
 @pytest.mark.parametrize("chunk", [2560, 1000])
-def test_streamed_two_pass_equals_pytorch(exported, chunk):
+def test_streamed_two_pass_equals_pytorch(exported, chunk, strategy):
     """Audio streamed in chunks of ``chunk`` samples: the partial n-best after every chunk, then
     the final n-best (rescored with LAS when the model has it) equal StreamingDecoder's."""
     m, tok = exported.model, exported.tokenizer
     opts = DecodingOptions(
-        strategy="modified_beam", beam_size=4, las_weight=LAS_WEIGHT, second_pass="rescore" if m.las is not None else "none"
-    )
+        strategy=strategy, beam_size=4, max_symbols_per_frame=MAX_SYMBOLS, las_weight=LAS_WEIGHT,
+        second_pass="rescore" if m.las is not None else "none",
+    )  # fmt: skip
     sd = StreamingDecoder(m, tok, opts)
-    rec = OnnxRecognizer(exported.folder, strategy="modified_beam", beam_size=4, las_weight=LAS_WEIGHT)
+    rec = OnnxRecognizer(exported.folder, strategy=strategy, beam_size=4, max_symbols_per_frame=MAX_SYMBOLS, las_weight=LAS_WEIGHT)
     assert rec.options.las_weight == LAS_WEIGHT
     for i, wave in enumerate(exported.waves[:2]):
         state, stream = sd.initial_state(1), rec.start()
@@ -148,7 +156,7 @@ def test_without_las_the_nbest_is_not_rescored(export_variant):
 
 @pytest.mark.parametrize(
     "kw, field",
-    [({"strategy": "beam"}, "strategy"), ({"beam_size": 0}, "beam_size"), ({"las_weight": 1.5}, "las_weight")],
+    [({"strategy": "las_beam"}, "strategy"), ({"beam_size": 0}, "beam_size"), ({"las_weight": 1.5}, "las_weight")],
 )
 def test_bad_options_name_the_field(export_variant, kw, field):
     with pytest.raises(ValueError, match=field):

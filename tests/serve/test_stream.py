@@ -161,6 +161,8 @@ def test_beam_search_with_a_lexicon_lm_equals_offline(asr_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="greedy"):
         ServeConfig.from_dict({"checkpoint": str(asr_checkpoint), "decoding": {"strategy": "greedy", "lm": {"text": str(words), "weight": 0.5}}})
     assert ServeConfig.from_dict({"checkpoint": "x", "decoding": {"strategy": "beam", "lm": {"text": "w", "weight": 0.5}}}).decoding.lm_weight == 0.5
+    with pytest.raises(ValueError, match="decoding.lm.weight"):
+        ServeConfig.from_dict({"checkpoint": "x", "decoding": {"strategy": "beam", "lm_weight": 0.5}})
 
 
 def _offline_with(ck, lexicon, opts: DecodingOptions, pcm: np.ndarray):
