@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from sonus.export.ort_lexicon import LexiconTables
 from sonus.export.ort_search import (
     SEARCHES,
     LASRescorer,
-    LexiconTables,
     OnnxHypothesis,
     SearchOptions,
     Strategy,

@@ -14,8 +14,8 @@ three steps, so a stream continues one state chunk by chunk::
 - :class:`ModifiedBeamSearch` (``decoding.beam``; icefall's ``modified_beam_search``): K
   hypotheses, at most one label a frame. A frame scores every hypothesis' extensions, keeps the
   2K best candidates, merges those with the same label sequence by log-sum-exp (ranked by their
-  best candidate) and keeps the K best distinct ones. With a lexicon LM (:class:`LexiconTables`,
-  an export's ``lexicon.npz``) and ``lm_weight`` > 0, every label's score includes ``lm_weight``
+  best candidate) and keeps the K best distinct ones. With a lexicon LM
+  (:class:`~sonus.export.ort_lexicon.LexiconTables`, an export's ``lexicon.npz``) and ``lm_weight`` > 0, every label's score includes ``lm_weight``
   times the LM's (shallow fusion, as ``decoding.lexicon``), and the n-best closes each
   hypothesis' last word.
 - :class:`BeamSearch` (``decoding.beam``'s time-synchronous search): up to ``max_symbols``
@@ -27,19 +27,20 @@ three steps, so a stream continues one state chunk by chunk::
 
 Shapes: m encoder frames of a chunk, H encoder width, N rows (hypotheses), L predictor layers,
 Hp predictor width, V vocabulary, T encoder frames of an utterance, D listener width, A attention
-width, Hd LAS decoder width, M lexicon trie nodes.
+width, Hd LAS decoder width.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar, get_args
 
 import numpy as np
 import onnxruntime as ort
+
+from sonus.export.ort_lexicon import ROOT, LexiconTables
 
 Strategy = Literal["greedy", "modified_beam", "beam"]
 S = TypeVar("S")
@@ -119,50 +120,6 @@ class Transducer:
     def log_probs(self, enc: np.ndarray, pred: np.ndarray) -> np.ndarray:
         """enc (m, H), pred (N, Hp), m or N being 1 -> log-probabilities (max(m, N), V) in fp32."""
         return log_softmax(self.joiner.run(None, {"enc": enc, "pred": pred})[0])
-
-
-ROOT, OOV = 0, 1  # the lexicon's states between words and inside an unknown word (as sonus.asr.decoding.lexicon's)
-
-
-class LexiconTables:
-    """:class:`sonus.asr.decoding.lexicon.Lexicon` for the numpy searches: its step tables, as
-    :meth:`~sonus.asr.decoding.lexicon.Lexicon.tables` gives them (an export's ``lexicon.npz``)."""
-
-    FIELDS = ("final", "start_node", "start_score", "starts", "la", "ptr", "cols", "nodes", "scores", "oov_logprob", "word_bonus")
-
-    def __init__(self, tables: Mapping[str, np.ndarray], source: str = "lexicon tables") -> None:
-        missing = [k for k in self.FIELDS if k not in tables]
-        if missing:
-            raise ValueError(f"{source}: not a sonus lexicon, missing {missing}")
-        t = {k: np.asarray(tables[k]) for k in self.FIELDS}
-        self.final, self.start_score, self.la, self.scores = (t[k].astype(np.float32) for k in ("final", "start_score", "la", "scores"))
-        self.start_node, self.ptr, self.cols, self.nodes = (t[k].astype(np.int64) for k in ("start_node", "ptr", "cols", "nodes"))
-        self.starts = t["starts"].astype(bool)
-        self.oov_logprob, self.word_bonus = np.float32(t["oov_logprob"]), float(t["word_bonus"])
-        self.vocab_size, self.num_nodes = self.starts.shape[0], self.final.shape[0]
-        if self.ptr.shape[0] != self.num_nodes + 1 or self.start_node.shape[0] != self.vocab_size:
-            raise ValueError(f"{source}: inconsistent tables ({self.num_nodes} nodes, ptr {self.ptr.shape[0]}, "
-                             f"{self.vocab_size} labels, start_node {self.start_node.shape[0]})")  # fmt: skip
-
-    @classmethod
-    def load(cls, path: str | Path) -> LexiconTables:
-        with np.load(path, allow_pickle=False) as z:
-            return cls({k: z[k] for k in z.files}, str(path))
-
-    def step(self, node: np.ndarray, blank: int) -> tuple[np.ndarray, np.ndarray]:
-        """node (N,) -> (score (N, V) fp32, next node (N, V)) of every label; blank keeps the node and scores 0."""
-        shape = (node.shape[0], self.vocab_size)
-        # a label off the trie enters OOV; a word-initial one closes the word and walks from ROOT
-        off = np.where(node != OOV, self.oov_logprob - self.la[node], np.float32(0.0))[:, None]
-        score = np.where(self.starts, self.final[node][:, None] + self.start_score, off).astype(np.float32)
-        nxt = np.broadcast_to(np.where(self.starts, self.start_node, OOV), shape).copy()
-        for n, m in enumerate(node.tolist()):  # labels that stay on the trie: node m's sparse row
-            lo, hi = self.ptr[m], self.ptr[m + 1]
-            score[n, self.cols[lo:hi]] = self.scores[lo:hi]
-            nxt[n, self.cols[lo:hi]] = self.nodes[lo:hi]
-        score[:, blank] = 0.0
-        nxt[:, blank] = node
-        return score, nxt
 
 
 class OrtSearch(ABC, Generic[S]):

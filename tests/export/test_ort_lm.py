@@ -22,10 +22,10 @@ from sonus.asr.decoding.lexicon import OOV, ROOT
 from sonus.asr.infer import load_lexicon
 from sonus.asr.streaming import StreamingDecoder
 from sonus.cli import compose
-from sonus.export import ort_search, run_export
+from sonus.export import ort_lexicon, run_export
 from sonus.export.onnx import ExportOptions, export_onnx
 from sonus.export.ort_decoder import OnnxRecognizer, read_metadata
-from sonus.export.ort_search import LexiconTables
+from sonus.export.ort_lexicon import LexiconTables
 
 # the words of the test models' texts, and two more that share their prefixes
 WORDS = "abc fed bad\ncab dec face\nface bad bad\ndec abc cab\nfad dab\n"
@@ -57,7 +57,7 @@ def with_lm(exported, tmp_path_factory) -> WithLM:
 def test_tables_step_as_the_lexicon(with_lm):
     """LexiconTables.step (numpy) gives Lexicon.step's scores and next states for every trie node."""
     lex = with_lm.lexicon
-    assert (ort_search.ROOT, ort_search.OOV) == (ROOT, OOV)  # numpy's copy of the lexicon's states
+    assert (ort_lexicon.ROOT, ort_lexicon.OOV) == (ROOT, OOV)  # numpy's copy of the lexicon's states
     tables = LexiconTables.load(with_lm.folder / "lexicon.npz")
     nodes = torch.arange(lex.num_nodes)
     want_score, want_next = lex.step(nodes)
