@@ -19,7 +19,7 @@ class LexiconTables:
     """:class:`sonus.asr.decoding.lexicon.Lexicon` for the numpy searches: its step tables, as
     :meth:`~sonus.asr.decoding.lexicon.Lexicon.tables` gives them (an export's ``lexicon.npz``)."""
 
-    FIELDS = ("final", "start_node", "start_score", "starts", "la", "ptr", "cols", "nodes", "scores", "oov_logprob", "word_bonus")
+    FIELDS = ("final", "start_node", "start_score", "starts", "la", "ptr", "cols", "nodes", "scores", "oov_logprob")
 
     def __init__(self, tables: Mapping[str, np.ndarray], source: str = "lexicon tables") -> None:
         missing = [k for k in self.FIELDS if k not in tables]
@@ -29,7 +29,7 @@ class LexiconTables:
         self.final, self.start_score, self.la, self.scores = (t[k].astype(np.float32) for k in ("final", "start_score", "la", "scores"))
         self.start_node, self.ptr, self.cols, self.nodes = (t[k].astype(np.int64) for k in ("start_node", "ptr", "cols", "nodes"))
         self.starts = t["starts"].astype(bool)
-        self.oov_logprob, self.word_bonus = np.float32(t["oov_logprob"]), float(t["word_bonus"])
+        self.oov_logprob = np.float32(t["oov_logprob"])
         self.vocab_size, self.num_nodes = self.starts.shape[0], self.final.shape[0]
         if self.ptr.shape[0] != self.num_nodes + 1 or self.start_node.shape[0] != self.vocab_size:
             raise ValueError(f"{source}: inconsistent tables ({self.num_nodes} nodes, ptr {self.ptr.shape[0]}, "

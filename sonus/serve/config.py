@@ -30,17 +30,12 @@ class Limits:
 
 @dataclass(frozen=True)
 class LexiconLM:
-    """``decoding.lm``: the lexicon LM the beam searches fuse (as ``sonus decode``'s); its
-    ``weight`` becomes ``DecodingOptions.lm_weight``."""
+    """``decoding.lm`` but its weight: the lexicon LM the beam searches fuse (as ``sonus
+    decode``'s). The YAML's ``decoding.lm.weight`` is ``DecodingOptions.lm_weight``."""
 
     text: str | None = None  # transcripts to count the words of: a manifest (.jsonl) or a text file
-    weight: float = 0.0  # 0: no LM
     oov_logprob: float = -20.0
     word_bonus: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.weight < 0 or (self.weight and not self.text):
-            raise ValueError(f"decoding.lm.weight must be >= 0, and > 0 only with decoding.lm.text: got {self.weight}, text {self.text!r}")
 
 
 @dataclass(frozen=True)
@@ -106,6 +101,8 @@ class ServeConfig:
             raise ValueError("auth_token must be null (off) or a non-empty string")
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.decoding.lm_weight < 0:
+            raise ValueError(f"decoding.lm.weight must be >= 0, got {self.decoding.lm_weight}")
         if self.decoding.lm_weight and not self.lm.text:
             raise ValueError("decoding.lm.weight > 0 needs decoding.lm.text (transcripts to build the lexicon from)")
         if self.decoding.lm_weight and self.decoding.strategy == "greedy":
@@ -124,9 +121,9 @@ class ServeConfig:
         dec = dict(d.pop("decoding", None) or {"strategy": "greedy"})
         if "lm_weight" in dec:
             raise ValueError("serve config: the LM's weight is decoding.lm.weight (with decoding.lm.text), not decoding.lm_weight")
-        lm = LexiconLM(**(dec.pop("lm", None) or {}))
-        decoding = DecodingOptions(**dec, lm_weight=lm.weight)
+        lm = dict(dec.pop("lm", None) or {})
+        decoding = DecodingOptions(**dec, lm_weight=float(lm.pop("weight", None) or 0.0))
         origins = d.pop("allowed_origins", None) or ()
         if isinstance(origins, str):
             origins = (origins,)
-        return cls(limits=limits, endpoint=endpoint, decoding=decoding, lm=lm, allowed_origins=tuple(origins), **d)
+        return cls(limits=limits, endpoint=endpoint, decoding=decoding, lm=LexiconLM(**lm), allowed_origins=tuple(origins), **d)

@@ -141,8 +141,8 @@ def test_beam_search_with_a_lexicon_lm_equals_offline(asr_checkpoint, tmp_path):
     same LM does, and the LM changes the result."""
     words = tmp_path / "words.txt"
     words.write_text("abc fed bad cab\ndec face\n")
-    lm = LexiconLM(str(words), weight=0.8, oov_logprob=-3.0, word_bonus=1.5)
-    opts = DecodingOptions(strategy="modified_beam", beam_size=3, lm_weight=lm.weight)
+    lm = LexiconLM(str(words), oov_logprob=-3.0, word_bonus=1.5)
+    opts = DecodingOptions(strategy="modified_beam", beam_size=3, lm_weight=0.8)
     texts = ["abc fed bad cab", "bad cab dec", "face abc"]
     pcms = [speech(t, seed=i) for i, t in enumerate(texts)]
     with running(replace(serve_config(asr_checkpoint), decoding=opts, lm=lm)) as (base, app):

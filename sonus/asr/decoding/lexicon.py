@@ -146,11 +146,11 @@ class Lexicon:
         return self
 
     def tables(self) -> dict[str, np.ndarray]:
-        """The step tables as numpy arrays, with ``oov_logprob`` and ``word_bonus`` (0-d): what an
-        ONNX export writes (``lexicon.npz``) for :class:`sonus.export.ort_search.LexiconTables`."""
+        """The step tables as numpy arrays, with ``oov_logprob`` (0-d; the word bonus is inside
+        ``final``): what an ONNX export writes (``lexicon.npz``) for
+        :class:`sonus.export.ort_lexicon.LexiconTables`."""
         out = {k: getattr(self, k).cpu().numpy() for k in TABLES}
         out["oov_logprob"] = np.array(self.oov_logprob, dtype=np.float32)
-        out["word_bonus"] = np.array(self.word_bonus, dtype=np.float32)
         return out
 
     def save_tables(self, path: str | Path) -> None:
