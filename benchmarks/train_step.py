@@ -2,6 +2,8 @@
 
     python benchmarks/train_step.py                          # demo and joint_ssi, vocabulary 1024
     python benchmarks/train_step.py --experiments demo --vocab 256 --steps 8 --compile
+    python benchmarks/train_step.py --device cuda --steps 20 --repeats 3 --compile
+    python benchmarks/train_step.py --device cuda --experiments demo --batch-size 128 --max-duration 320
 
 For each experiment the model is built from its config with a SentencePiece tokenizer of
 ``--vocab`` pieces (``--tokenizer``, unigram by default, also where the experiment itself
@@ -13,7 +15,9 @@ RNN-T loss, fp32 vs bf16 autocast, and ``torch.compile`` of the encoder when ``-
 is given. Every setting gets the same batches, interleaved: each batch runs under every
 setting in turn, ``--repeats`` rounds, and its fastest round counts, so that drift in the
 machine's speed does not favour one setting. The sampler's padding waste (padded frames /
-all frames over one epoch) is printed first.
+all frames over one epoch) is printed first. On ``--device cuda`` a step's time is taken after
+a device synchronisation, fp32 means true fp32 (TF32 off), and the peak of allocated device
+memory over a setting's steps is printed too.
 """
 
 from __future__ import annotations
@@ -38,9 +42,10 @@ def make_step(model, bf16: bool):
     from sonus.train.optim import adam
 
     opt = adam(model.parameters(), 1e-4)
+    device_type = next(model.parameters()).device.type
 
     def step(batch) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
             enc = model.encode(batch.wave, batch.wave_lengths)
             out = model.losses(enc, batch.targets, batch.target_lengths, 0.1)
             total = out.rnnt + (out.las if out.las is not None else 0.0)
@@ -63,9 +68,21 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="rounds over the batches; each batch's fastest round counts")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile of the encoder")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--batch-size", type=int, default=None, help="utterances per batch (default: the experiment's)")
+    ap.add_argument("--max-duration", type=float, default=None, help="padded seconds per batch (default: the experiment's)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    dev = torch.device(a.device)
+    cuda = dev.type == "cuda"
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # fp32 is fp32
+
+    def clock() -> float:
+        if cuda:
+            torch.cuda.synchronize(dev)
+        return time.perf_counter()
 
     from sonus.asr.config import TransducerLossConfig
     from sonus.asr.model import TwoPassASR
@@ -90,11 +107,13 @@ def main() -> None:
         vocab[exp] = f"{kind} {tok.vocab_size}"
         ds = ASRDataset(utts, encode_transcripts(utts, texts, tok, a.manifest), texts, int(cfg.data.sample_rate))
         durations = [u.duration for u in utts]
-        sampler = DurationBucketSampler(durations, float(t.max_duration), int(t.batch_size), shuffle=True, seed=0)
+        max_duration, batch_size = a.max_duration or float(t.max_duration), a.batch_size or int(t.batch_size)
+        sampler = DurationBucketSampler(durations, max_duration, batch_size, shuffle=True, seed=0)
         batches = list(sampler)
         waste = padding_waste(durations, batches)
-        print(f"{exp}: {len(batches)} batches/epoch, padding waste {100 * waste:.1f}% of frames", flush=True)
-        chosen = [collate([ds[i] for i in b]) for b in batches[: a.steps + 1]]
+        print(f"{exp}: batches of at most {batch_size} utterances and {max_duration:g} s: {len(batches)} batches/epoch, "
+              f"padding waste {100 * waste:.1f}% of frames", flush=True)
+        chosen = [collate([ds[i] for i in b]).to(dev) for b in batches[: a.steps + 1]]
         audio_s = sum(float(b.wave_lengths.sum()) for b in chosen[1:]) / int(cfg.data.sample_rate)
         sa = cfg.model.get("specaugment")
         settings = []  # (loss, precision, compiled, step function)
@@ -102,7 +121,7 @@ def main() -> None:
             torch.manual_seed(0)
             mcfg = model_config_from(cfg.model, tok.vocab_size, int(cfg.data.n_mels), int(cfg.data.sample_rate))
             mcfg = replace(mcfg, rnnt_loss=TransducerLossConfig(kind=loss))
-            model = TwoPassASR(mcfg, SpecAugmentConfig(**sa) if sa else None, None).train()
+            model = TwoPassASR(mcfg, SpecAugmentConfig(**sa) if sa else None, None).to(dev).train()
             if compiled:
                 model.encoder = torch.compile(model.encoder)
             settings.append((loss, precision, compiled, make_step(model, precision == "bf16")))
@@ -111,25 +130,33 @@ def main() -> None:
         # Interleaved: each batch runs under every setting in turn, --repeats times; a setting's time
         # for a batch is its fastest, so drift in the machine's speed hits every setting alike.
         best = [[float("inf")] * a.steps for _ in settings]
+        peak = [0.0] * len(settings)  # GB of device memory allocated at most during a step (CUDA)
         for _ in range(a.repeats):
             for i, b in enumerate(chosen[1:]):
                 for k, (*_, step) in enumerate(settings):
-                    t0 = time.perf_counter()
+                    if cuda:
+                        torch.cuda.reset_peak_memory_stats(dev)
+                    t0 = clock()
                     step(b)
-                    best[k][i] = min(best[k][i], time.perf_counter() - t0)
-        for (loss, precision, compiled, _), times in zip(settings, best):
+                    best[k][i] = min(best[k][i], clock() - t0)
+                    if cuda:
+                        peak[k] = max(peak[k], torch.cuda.max_memory_allocated(dev) / 1024**3)
+        for (loss, precision, compiled, _), times, gb in zip(settings, best, peak):
             wall = sum(times)
-            rows.append((exp, loss, precision, "on" if compiled else "off", wall / a.steps, audio_s / wall))
-            print(f"  {exp} {loss} {precision} compile={'on' if compiled else 'off'}: {wall / a.steps:.2f} s/step, {audio_s / wall:.1f} audio s/s", flush=True)
+            rows.append((exp, loss, precision, "on" if compiled else "off", wall / a.steps, audio_s / wall, gb))
+            print(f"  {exp} {loss} {precision} compile={'on' if compiled else 'off'}: {wall / a.steps:.3f} s/step, {audio_s / wall:.1f} audio s/s", flush=True)
+        del settings
 
     used = ", ".join(f"{e}: {v}" for e, v in vocab.items())
-    print(f"\nvocabulary (with blank) {used}; {a.steps} batches per setting, fastest of {a.repeats} interleaved rounds, "
-          f"{torch.get_num_threads()} threads")
-    print("| experiment | loss | precision | compile | s/step | audio s per wall s | vs full fp32 |")
-    print("|---|---|---|---|---|---|---|")
-    for exp, loss, precision, comp, sps, tput in rows:
+    where = torch.cuda.get_device_name(dev) if cuda else f"CPU, {torch.get_num_threads()} threads"
+    print(f"\nvocabulary (with blank) {used}; {a.steps} batches per setting, fastest of {a.repeats} interleaved rounds, {where}")
+    mem = " peak GB |" if cuda else ""
+    print(f"| experiment | loss | precision | compile | s/step | audio s per wall s | vs full fp32 |{mem}")
+    print("|---|---|---|---|---|---|---|" + ("---|" if cuda else ""))
+    for exp, loss, precision, comp, sps, tput, gb in rows:
         base = next(r[5] for r in rows if r[0] == exp and r[1] == "full" and r[2] == "fp32" and r[3] == "off")
-        print(f"| {exp} | {loss} | {precision} | {comp} | {sps:.2f} | {tput:.1f} | {tput / base:.2f}x |")
+        cell = f" {gb:.2f} |" if cuda else ""
+        print(f"| {exp} | {loss} | {precision} | {comp} | {sps:.3f} | {tput:.1f} | {tput / base:.2f}x |{cell}")
 
 
 if __name__ == "__main__":

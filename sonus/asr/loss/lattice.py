@@ -19,13 +19,20 @@ The pruned loss keeps S label positions per frame, u in [starts[t], starts[t] + 
 lattice is B x T x S, node (t, w) standing for u = starts[t] + w. A blank arc then moves
 from window position w to w - (starts[t+1] - starts[t]), a gather per frame, and the
 recursions run on rows of S rather than U+1 (icefall/k2 do the same in their kernels).
+
+Both recursions are frame loops of one shape (:func:`scan_frames`). On CUDA each runs as a
+single Triton kernel (:mod:`.lattice_triton`): there a loop of small ops costs a kernel
+launch per op and frame, most of the loss' time.
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import Literal
 
 import torch
+
+from sonus.asr.loss import lattice_triton
 
 BLOCKED = -1.0e4  # log-probability standing in for -inf inside the cumulative sums
 
@@ -47,6 +54,34 @@ def log_cumsum_forward(a_in: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """
     c = _exclusive_cumsum(y)
     return c + torch.logcumsumexp(a_in - c, dim=1)
+
+
+def scan_frames(
+    add: torch.Tensor,
+    post: torch.Tensor,
+    src: torch.Tensor | None,
+    maximum: torch.Tensor | None = None,
+    reverse: bool = False,
+) -> torch.Tensor:
+    """(B, T, W) rows ``x[t] = logcumsumexp(max(prev, maximum[t]) + add[t]) + post[t]``, one
+    frame after the other, ``prev`` the previous frame's row (forward: ``x[t-1]`` gathered by
+    ``src[t-1]``; reverse: ``x[t+1]`` gathered by ``src[t]``; ``src`` (B, T-1, W) or None);
+    the first frame's ``prev`` is 0 forward, -inf in reverse. The torch loop;
+    :func:`sonus.asr.loss.lattice_triton.scan_frames` is the same as one CUDA kernel."""
+    T = add.shape[1]
+    out = torch.empty_like(add)
+    prev = None
+    for t in range(T - 1, -1, -1) if reverse else range(T):
+        if prev is None:  # the first frame: max(-inf, m) = m in reverse, 0 + add forward
+            v = add[:, t] if not reverse else add[:, t] + (maximum[:, t] if maximum is not None else float("-inf"))
+        else:
+            v = prev + add[:, t] if maximum is None else torch.maximum(prev, maximum[:, t]).add_(add[:, t])
+        row = out[:, t]
+        torch.logcumsumexp(v, dim=1, out=row)
+        row += post[:, t]
+        nxt = t - 1 if reverse else t  # the next frame gathers this row through src[nxt]
+        prev = row if src is None or not 0 <= nxt < T - 1 else row.gather(1, src[:, nxt])
+    return out
 
 
 def _nodes(B: int, T: int, W: int, starts: torch.Tensor | None, logit_lengths: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -71,6 +106,7 @@ def rnnt_lattice(
     logit_lengths: torch.Tensor,
     target_lengths: torch.Tensor,
     starts: torch.Tensor | None = None,
+    backend: Literal["auto", "torch", "triton"] = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward and backward variables of the transducer lattice, whole or in windows.
 
@@ -82,6 +118,8 @@ def rnnt_lattice(
         starts: None for the whole lattice (W = U+1, node (t, w) is u = w), or (B, T) window
             starts: node (t, w) is u = starts[t] + w (the pruned loss). Arcs that leave the
             windows do not exist; so the recursions run on (B, W) rows, not (B, U+1).
+        backend: the frame loops': "auto" is the Triton kernel for fp64 CUDA tensors where
+            Triton imports (``SONUS_TRITON=0`` turns it off), else the torch loop.
 
     Returns:
         alpha (B, T, W), beta (B, T, W), log_like (B,). Entries outside a sequence's lattice
@@ -89,6 +127,9 @@ def rnnt_lattice(
     """
     B, T, W = blank_lp.shape
     dev, dt = blank_lp.device, blank_lp.dtype
+    if backend == "auto":
+        backend = "triton" if dt == torch.float64 and lattice_triton.available(dev) else "torch"
+    scan = lattice_triton.scan_frames if backend == "triton" else scan_frames
     neg_inf = torch.tensor(float("-inf"), device=dev, dtype=dt)
     u, shift = _nodes(B, T, W, starts, logit_lengths, dev)
     if shift is not None and (bool((shift < 0).any()) or bool((shift >= W).any())):  # arc_occupancy takes these windows as checked here
@@ -111,17 +152,10 @@ def rnnt_lattice(
     # Forward: alpha[t, w] = logaddexp(a_in[w], alpha[t, w-1] + y[t, w-1]) is a log-cumulative-
     # sum of a_in - c, plus c; a_in = alpha[t-1] + blank[t-1] (shifted), so the blank and c
     # terms are precomputed. The start node is u = 0 (w = -starts[0]: the window must hold it).
-    alpha = torch.empty((B, T, W), device=dev, dtype=dt)
     start = torch.where(u[:, 0] == 0, 0.0, float("-inf")).to(dt).expand(B, W)
     blank_in = blank_lp[:, :-1] if shift is None else blank_lp[:, :-1].gather(2, src) + gone
     arrive = torch.cat([start[:, None] - c[:, :1], blank_in - c[:, 1:]], dim=1)  # (B, T, W)
-    leave = c + outside
-    torch.logcumsumexp(arrive[:, 0], dim=1, out=alpha[:, 0])
-    alpha[:, 0] += leave[:, 0]
-    for t in range(1, T):
-        prev = alpha[:, t - 1] if shift is None else alpha[:, t - 1].gather(1, src[:, t - 1])
-        torch.logcumsumexp(prev + arrive[:, t], dim=1, out=alpha[:, t])
-        alpha[:, t] += leave[:, t]
+    alpha = scan(arrive, c + outside, None if shift is None else src)
 
     # Backward: beta[t, w] = logaddexp(b_in[w], beta[t, w+1] + y[t, w]) is a right-to-left
     # log-cumulative-sum of b_in + c, minus c, with b_in = beta[t+1] (shifted) + blank[t]. The
@@ -138,14 +172,7 @@ def rnnt_lattice(
         into[:, :-1] += gone.flip(2)
     into_r = into.flip(2)
     out_r = (outside - c + past_end).flip(2)
-    beta_r = torch.empty((B, T, W), device=dev, dtype=dt)
-    b_next = torch.full((B, W), float("-inf"), device=dev, dtype=dt)
-    for t in range(T - 1, -1, -1):
-        if shift is not None and t < T - 1:
-            b_next = b_next.gather(1, src[:, t])
-        torch.logcumsumexp(torch.maximum(b_next, final_r[:, t]).add_(into_r[:, t]), dim=1, out=beta_r[:, t])
-        b_next = beta_r[:, t].add_(out_r[:, t])
-    beta = beta_r.flip(2)
+    beta = scan(into_r, out_r, None if shift is None else src, maximum=final_r, reverse=True).flip(2)
 
     log_like = beta[:, 0, 0] if starts is None else beta[:, 0, 0].masked_fill(starts[:, 0] != 0, float("-inf"))
     return alpha, beta, log_like
