@@ -25,8 +25,13 @@ WAVE_LENGTHS = [12000, 9000, 5037]  # 5037: not a whole number of hops, nor of e
 
 @pytest.fixture(scope="module")
 def setup():
+    return sharp_model()
+
+
+def sharp_model():
     """A random unidirectional model with sharp posteriors (so hypotheses are not empty) and
-    non-trivial CMVN statistics (so padding frames are not zeros after normalisation)."""
+    non-trivial CMVN statistics (so padding frames are not zeros after normalisation), a
+    character tokenizer, (3, S) audio and its lengths."""
     torch.manual_seed(0)
     tok = CharTokenizer("abcde ")
     model = TwoPassASR(replace(small_config(tok.vocab_size), ctc_head=True), specaug=None, gain=None).eval()

@@ -14,12 +14,13 @@ import pytest
 import torch
 
 from sonus.asr.config import TransducerLossConfig
-from sonus.asr.decoding import Decoder, DecodingOptions
+from sonus.asr.decoding import Decoder
 from sonus.asr.loss import prune_ranges, pruned_rnnt_loss, rnnt_loss, rnnt_loss_simple
 from sonus.asr.model import TwoPassASR
-from sonus.text.tokenizer import CharTokenizer
 from tests.asr.test_model import small_config
-from tests.asr.test_streaming import WAVE_LENGTHS, stream
+from tests.asr.test_streaming import OPTIONS, sharp_model, stream
+from tests.separation.test_spmamba import SMALL as SPMAMBA
+from tests.separation.test_time_domain_models import SMALL as TIME_DOMAIN
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 CUDA = torch.device("cuda")
@@ -148,33 +149,15 @@ def test_two_pass_losses_on_cuda_equal_cpu_and_a_bf16_step_learns(loss):
 
 
 @pytest.fixture(scope="module")
-def sharp_model():
-    """test_streaming's random model with sharp posteriors, on the CPU and on CUDA."""
-    torch.manual_seed(0)
-    tok = CharTokenizer("abcde ")
-    model = TwoPassASR(replace(small_config(tok.vocab_size), ctc_head=True), specaug=None, gain=None).eval()
-    with torch.no_grad():
-        model.ctc.weight.mul_(30.0)
-        model.joiner.enc_proj.weight.mul_(30.0)
-        model.joiner.out.weight.mul_(3.0)
-        model.joiner.out.bias[0] += 2.0
-        model.cmvn.mean.normal_()
-        model.cmvn.inv_std.uniform_(0.5, 1.5)
-    gpu = TwoPassASR(model.cfg, specaug=None, gain=None).eval()
-    gpu.load_state_dict(model.state_dict())
-    wave = torch.randn(3, max(WAVE_LENGTHS)) * 0.3
-    for b, n in enumerate(WAVE_LENGTHS):
-        wave[b, n:] = 0.0
-    return model, gpu.to(CUDA), tok, wave, torch.tensor(WAVE_LENGTHS)
+def models():
+    """test_streaming's random model with sharp posteriors, on the CPU and a copy on CUDA."""
+    cpu, tok, wave, lengths = sharp_model()
+    gpu = TwoPassASR(cpu.cfg, specaug=None, gain=None).eval()
+    gpu.load_state_dict(cpu.state_dict())
+    return cpu, gpu.to(CUDA), tok, wave, lengths
 
 
-STRATEGIES = {
-    "greedy": DecodingOptions(strategy="greedy", max_symbols_per_frame=3, las_weight=0.5),
-    "modified_beam": DecodingOptions(strategy="modified_beam", beam_size=4, las_weight=0.5),
-    "beam": DecodingOptions(strategy="beam", beam_size=3, max_symbols_per_frame=2, las_weight=0.5),
-    "ctc_prefix_beam": DecodingOptions(strategy="ctc_prefix_beam", beam_size=4, las_weight=0.5),
-    "beam+union": DecodingOptions(strategy="beam", beam_size=3, max_symbols_per_frame=2, second_pass="union", las_beam_size=3),
-}
+STRATEGIES = {k: OPTIONS[k] for k in ("greedy", "modified_beam", "beam", "ctc_prefix_beam", "beam+union")}
 
 
 def _texts(results):
@@ -182,8 +165,8 @@ def _texts(results):
 
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
-def test_decoding_on_cuda_equals_cpu_and_streams_like_offline(sharp_model, strategy):
-    cpu, gpu, tok, wave, lengths = sharp_model
+def test_decoding_on_cuda_equals_cpu_and_streams_like_offline(models, strategy):
+    cpu, gpu, tok, wave, lengths = models
     opts = STRATEGIES[strategy]
     with torch.no_grad():
         c_first, c_final = Decoder(cpu, tok, opts).decode(wave, lengths)
@@ -201,13 +184,13 @@ def test_decoding_on_cuda_equals_cpu_and_streams_like_offline(sharp_model, strat
     assert [h.score for h in s_final[0].nbest] == pytest.approx([h.score for h in g_final[0].nbest], rel=1e-4, abs=1e-4)
 
 
-def test_streamed_conformer_on_cuda_equals_offline(sharp_model):
+def test_streamed_conformer_on_cuda_equals_offline(models):
     """As tests/asr/test_streaming.py's Conformer test, on the GPU: the chunked Conformer's
     cached attention and convolution state give the offline tokens."""
     from sonus.asr import StreamingDecoder
     from sonus.nn import conformer
 
-    cpu, _, tok, wave, lengths = sharp_model
+    cpu, _, tok, wave, lengths = models
     torch.manual_seed(1)
     cfg = conformer.ConformerConfig(d_model=32, layers=2, heads=2, conv_kernel=5, subsampling_channels=8, chunk_size=4, left_chunks=2)
     m = TwoPassASR(cpu.cfg, specaug=None, gain=None)
@@ -228,15 +211,7 @@ def test_streamed_conformer_on_cuda_equals_offline(sharp_model):
         assert len(off_first[0].best.tokens) > 3
 
 
-SEPARATORS = {
-    "convtasnet": {"n_filters": 16, "kernel_size": 4, "bn_channels": 8, "hidden_channels": 16, "skip_channels": 8,
-                   "conv_kernel": 3, "n_blocks": 3, "n_repeats": 2},
-    "dprnn": {"n_filters": 16, "kernel_size": 4, "bn_channels": 8, "hidden_size": 8, "chunk_size": 8, "num_layers": 2},
-    "sepformer": {"n_filters": 16, "kernel_size": 4, "d_model": 16, "nhead": 2, "d_ffn": 32, "num_layers": 1,
-                  "num_blocks": 2, "chunk_size": 8},
-    "spmamba": {"n_fft": 32, "stride": 8, "emb_dim": 8, "emb_ks": 3, "emb_hs": 2, "n_layers": 2, "d_state": 4,
-                "d_conv": 3, "expand": 2, "attn_n_head": 2, "attn_approx_qk_dim": 16},
-}  # fmt: skip
+SEPARATORS = {**TIME_DOMAIN, "spmamba": SPMAMBA}  # the CPU tests' tiny configs
 
 
 @pytest.mark.parametrize("name", list(SEPARATORS))

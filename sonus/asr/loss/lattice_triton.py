@@ -35,10 +35,8 @@ def scan_frames(
     maximum: torch.Tensor | None = None,
     reverse: bool = False,
 ) -> torch.Tensor:
-    """(B, T, W) rows ``x[t] = logcumsumexp(max(prev, maximum[t]) + add[t]) + post[t]``, with
-    ``prev = x[t -/+ 1]`` gathered by ``src`` (B, T-1, W) (forward: ``src[t-1]``, reverse:
-    ``src[t]``); the first frame's ``prev`` is 0 forward, -inf in reverse. fp64, as the
-    lattice runs."""
+    """:func:`sonus.asr.loss.lattice.scan_frames` (the same arguments and result) as one
+    kernel launch, for fp64 CUDA tensors."""
     B, T, W = add.shape
     out = torch.empty_like(add)
     if B == 0 or T == 0 or W == 0:
