@@ -21,11 +21,11 @@ import torch
 
 
 def available(device: torch.device) -> bool:
-    """Use the kernel for tensors on ``device``? CUDA with Triton importable, unless
-    ``SONUS_TRITON=0``."""
+    """Use the kernel for tensors on ``device``? A CUDA GPU that Triton supports (compute
+    capability 7.0 on) with Triton importable, unless ``SONUS_TRITON=0``."""
     if device.type != "cuda" or os.environ.get("SONUS_TRITON", "1") == "0":
         return False
-    return importlib.util.find_spec("triton") is not None
+    return torch.cuda.get_device_capability(device) >= (7, 0) and importlib.util.find_spec("triton") is not None
 
 
 def scan_frames(
@@ -51,9 +51,10 @@ def scan_frames(
     max_arg = maximum.contiguous() if maximum is not None else add  # unread without HAS_MAX
     src_arg = src.contiguous() if src is not None else add  # unread without HAS_SRC
     block = max(16, triton.next_power_of_2(W))
-    frames[(B,)](
-        add, post, max_arg, src_arg, out, T, W,
-        HAS_MAX=maximum is not None, HAS_SRC=src is not None, REVERSE=reverse, BLOCK=block,
-        num_warps=max(1, min(8, block // 128)),
-    )  # fmt: skip
+    with torch.cuda.device(add.device):  # Triton launches on the current device
+        frames[(B,)](
+            add, post, max_arg, src_arg, out, T, W,
+            HAS_MAX=maximum is not None, HAS_SRC=src is not None, REVERSE=reverse, BLOCK=block,
+            num_warps=max(1, min(8, block // 128)),
+        )  # fmt: skip
     return out
