@@ -5,6 +5,7 @@
     OMP_NUM_THREADS=1 python benchmarks/onnx_rtf.py --strategy modified_beam --las   # two-pass: beam 4 + LAS rescoring
     OMP_NUM_THREADS=1 python benchmarks/onnx_rtf.py --manifest data/synthx/test.jsonl --num 600 --strategy beam --las \
         --lm-text data/synthx/train.jsonl --lm-weight 0.2                         # with the lexicon LM, and WER
+    ... --las --union --las-beam 8 --length-bonus 0.5       # the union second pass (LAS beam search too)
 
 The checkpoint is exported to a temporary folder, then every utterance is streamed in
 --chunk-ms chunks through both recognizers, one thread each, alternating PyTorch and ORT
@@ -13,7 +14,9 @@ stream from the waveform (front end, encoder, first pass: --strategy greedy, up 
 labels a frame, modified_beam, beam --beam-size, or beam, the time-synchronous search with up
 to --max-symbols labels a frame; with --las also LAS at the end: the score of
 the greedy result, or the rescoring of the n-best with w = --las-weight; with --lm-text the
-lexicon LM of those transcripts is fused into the beam search with --lm-weight, on both sides).
+lexicon LM of those transcripts is fused into the beam search with --lm-weight, on both sides;
+with --union the second pass is the union of the n-best and LAS beam search's, --las-beam wide,
+each hypothesis scored by the transducer, LAS and the LM, plus --length-bonus a label).
 RTF = compute time / audio duration. "Agree" counts utterances whose final best token ids are
 identical. With --manifest, WER and CER of each against its texts. Audio is read in place (FLAC, 16 kHz).
 """
@@ -101,6 +104,9 @@ def main() -> None:
         action="store_true",
         help="LAS at the end (both sides): score the greedy result, rescore the beam's n-best",
     )
+    ap.add_argument("--union", action="store_true", help="with --las: the union second pass (decoding.second_pass=union)")
+    ap.add_argument("--las-beam", type=int, default=4, help="LAS beam search's beam (--union)")
+    ap.add_argument("--length-bonus", type=float, default=0.0, help="score bonus a label in the second pass")
     ap.add_argument("--lm-text", default=None, help="transcripts of a lexicon LM (as decoding.lm.text; beam searches)")
     ap.add_argument("--lm-weight", type=float, default=0.2, help="its weight (with --lm-text)")
     args = ap.parse_args()
@@ -111,8 +117,10 @@ def main() -> None:
         strategy=args.strategy,
         beam_size=args.beam_size,
         max_symbols_per_frame=args.max_symbols,
-        second_pass="rescore" if args.las else "none",
+        second_pass=("union" if args.union else "rescore") if args.las else "none",
         las_weight=args.las_weight,
+        length_bonus=args.length_bonus,
+        las_beam_size=args.las_beam,
         lm_weight=args.lm_weight if args.lm_text else 0.0,
     )
     lm = None
@@ -137,6 +145,7 @@ def main() -> None:
         rec = OnnxRecognizer(
             tmp, num_threads=1, max_symbols_per_frame=args.max_symbols, las=args.las,
             strategy=args.strategy, beam_size=args.beam_size, las_weight=args.las_weight, lm_weight=opts.lm_weight,
+            length_bonus=args.length_bonus, second_pass="union" if args.union and args.las else "rescore", las_beam_size=args.las_beam,
         )  # fmt: skip
         # warm-up: first-call set-up is not per-utterance cost
         torch_stream(sd, waves[0])
@@ -162,6 +171,8 @@ def main() -> None:
     search = {"greedy": "greedy", "modified_beam": f"modified beam {args.beam_size}",
               "beam": f"beam {args.beam_size} (<= {args.max_symbols} labels a frame)"}[args.strategy]  # fmt: skip
     search += f" + LAS (w={args.las_weight:g})" if args.las and args.strategy != "greedy" else " + LAS score" if args.las else ""
+    search += f", union with LAS beam {args.las_beam}" if args.las and args.union else ""
+    search += f", bonus {args.length_bonus:g} a label" if args.las and args.length_bonus else ""
     search += f" + lexicon LM x{opts.lm_weight:g}" if opts.lm_weight else ""
     refs = [normalize_text(u.text, **ck.normalize) for u in read_manifest(args.manifest)[: args.num]] if args.manifest else None
     title = (

@@ -2,7 +2,9 @@
 
 Reads a folder written by :func:`sonus.export.onnx.export_onnx` and mirrors
 :class:`~sonus.asr.streaming.StreamingDecoder` with ``strategy="greedy"`` (the default),
-``"modified_beam"`` or ``"beam"``, and LAS rescoring at the end (``second_pass="rescore"``)::
+``"modified_beam"`` or ``"beam"``, and at the end LAS rescoring of the n-best
+(``second_pass="rescore"``) or the union of it and LAS beam search's n-best, scored by both
+(``second_pass="union"``, :mod:`sonus.export.ort_union`)::
 
     rec = OnnxRecognizer("exported/", strategy="modified_beam", beam_size=4)
     stream = rec.start()
@@ -28,7 +30,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -42,6 +44,7 @@ from sonus.export.ort_search import (
     Strategy,
     Transducer,
 )
+from sonus.export.ort_union import LASBeamSearch, union_second_pass
 
 
 @dataclass
@@ -192,7 +195,10 @@ class OnnxRecognizer:
     decoding config), else 0.5 and 0. ``las``: rescore with LAS when the export has it (keeps the
     encoder frames of the stream); score = (1 - w) * rnnt + w * las, as PyTorch's two-pass.
     ``lm_weight``: shallow fusion of the export's lexicon LM (``sonus export ... lm.text=FILE``)
-    into the beam searches; its default is the export's ``lm.weight`` with a beam search, else 0."""
+    into the beam searches; its default is the export's ``lm.weight`` with a beam search, else 0.
+    ``second_pass="union"`` (with LAS): LAS beam search too, beam ``las_beam_size``, and every
+    hypothesis of either n-best scored by the transducer, LAS and the LM, as
+    ``decoding.second_pass=union``."""
 
     def __init__(
         self,
@@ -205,6 +211,9 @@ class OnnxRecognizer:
         las_weight: float | None = None,
         length_bonus: float | None = None,
         lm_weight: float | None = None,
+        second_pass: Literal["rescore", "union"] = "rescore",
+        las_beam_size: int = 4,
+        las_max_len_ratio: float = 3.0,
     ) -> None:
         self.folder = Path(folder)
         self.meta = meta = read_metadata(self.folder)
@@ -262,6 +271,17 @@ class OnnxRecognizer:
             else None
         )
         self.has_las = self.rescorer is not None
+        if second_pass not in ("rescore", "union"):
+            raise ValueError(f"second_pass must be 'rescore' or 'union', got {second_pass!r}")
+        if las_beam_size < 1 or las_max_len_ratio <= 0:
+            raise ValueError(f"las_beam_size must be >= 1 and las_max_len_ratio > 0: {las_beam_size}, {las_max_len_ratio}")
+        if second_pass == "union" and self.rescorer is None:
+            raise ValueError(f"second_pass='union' needs LAS: {self.folder} has no LAS graphs, or las=False")
+        self.las_beam = (
+            LASBeamSearch(self.rescorer, las_beam_size, las_max_len_ratio, self.lm, self.options.lm_weight)
+            if second_pass == "union" and self.rescorer is not None
+            else None
+        )
 
     def _lexicon(self, entry: dict[str, Any] | None) -> LexiconTables:
         """The export's lexicon LM (``metadata.json``'s ``lexicon``), checked against its vocabulary."""
@@ -312,8 +332,11 @@ class OnnxRecognizer:
             self._run_encoder(stream, tail)
         nbest = self.search.nbest(stream.search)
         if self.rescorer is not None and stream.enc:
-            o = self.options
-            nbest = self.rescorer.rescore(np.concatenate(stream.enc), nbest, o.las_weight, o.length_bonus)
+            o, enc = self.options, np.concatenate(stream.enc)
+            if self.las_beam is not None:
+                nbest = union_second_pass(self.transducer, self.rescorer, self.las_beam, enc, nbest, o.las_weight, o.length_bonus)
+            else:
+                nbest = self.rescorer.rescore(enc, nbest, o.las_weight, o.length_bonus)
         return self._result(nbest)
 
     def transcribe(
