@@ -52,14 +52,16 @@ DEFAULT_DATA = (
 )
 
 
-def audio_files(data: Path, manifest: str | None, num: int) -> list[Path]:
-    """The first ``num`` utterances of a manifest, or of a folder's FLAC files (sorted)."""
+def audio_files(data: Path, manifest: str | None, num: int) -> tuple[list[Path], list[str] | None]:
+    """The first ``num`` utterances of a manifest (their files and texts), or of a folder's FLAC
+    files (sorted; no texts)."""
     if manifest:
-        return [Path(u.audio_filepath) for u in read_manifest(manifest)[:num]]
+        utts = read_manifest(manifest)[:num]
+        return [Path(u.audio_filepath) for u in utts], [u.text for u in utts]
     files = sorted(data.rglob("*.flac"))[:num]
     if not files:
         raise FileNotFoundError(f"no .flac files under {data}")
-    return files
+    return files, None
 
 
 def error_rates(refs: list[str], hyps: list[str]) -> str:
@@ -129,7 +131,7 @@ def main() -> None:
 
         lm = load_lexicon(args.lm_text, ck.tokenizer, ck.normalize, -20.0, 0.0)
     sd = StreamingDecoder(ck.model, ck.tokenizer, opts, chunk_ms=args.chunk_ms, lm=lm)
-    files = audio_files(args.data, args.manifest, args.num)
+    files, texts = audio_files(args.data, args.manifest, args.num)
     waves = [load_audio(f, ck.model.cfg.sample_rate) for f in files]
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -174,7 +176,7 @@ def main() -> None:
     search += f", union with LAS beam {args.las_beam}" if args.las and args.union else ""
     search += f", bonus {args.length_bonus:g} a label" if args.las and args.length_bonus else ""
     search += f" + lexicon LM x{opts.lm_weight:g}" if opts.lm_weight else ""
-    refs = [normalize_text(u.text, **ck.normalize) for u in read_manifest(args.manifest)[: args.num]] if args.manifest else None
+    refs = [normalize_text(t, **ck.normalize) for t in texts] if texts is not None else None
     title = (
         f"{args.checkpoint}: streaming {search}, {args.chunk_ms:g} ms chunks, 1 thread, {len(waves)} utterances, "
         f"{audio_s:.1f} s of audio, {tokens} tokens (PyTorch); export {export_s:.1f} s"
