@@ -22,9 +22,10 @@ points is 12.5). Settings are interleaved batch by batch; each batch's fastest o
 from __future__ import annotations
 
 import argparse
-import time
+import functools
 
 import torch
+from train_step import interleaved  # benchmarks/ is the script's folder
 
 
 def make_batches(n: int, B: int, frames: int, D: int, frames_per_label: float, vocab: int, device, seed: int):
@@ -71,11 +72,6 @@ def main() -> None:
     if a.loss:
         mcfg = replace(mcfg, rnnt_loss=TransducerLossConfig(kind=a.loss))
 
-    def clock() -> float:
-        if cuda:
-            torch.cuda.synchronize(dev)
-        return time.perf_counter()
-
     settings = []  # (name, model, optimizer, bf16)
     for name, bf16 in (("fp32", False), ("bf16", True)):
         torch.manual_seed(0)
@@ -95,20 +91,8 @@ def main() -> None:
     rows = []
     for frames in a.frames:
         batches = make_batches(a.steps + 1, a.batch, frames, D, a.frames_per_label, vocab, dev, seed=frames)
-        for _, model, opt, bf16 in settings:
-            step(model, opt, bf16, batches[0])  # warm-up
-        best = [[float("inf")] * a.steps for _ in settings]
-        peak = [0.0] * len(settings)
-        for _ in range(a.repeats):
-            for i, b in enumerate(batches[1:]):
-                for k, (_, model, opt, bf16) in enumerate(settings):
-                    if cuda:
-                        torch.cuda.reset_peak_memory_stats(dev)
-                    t0 = clock()
-                    step(model, opt, bf16, b)
-                    best[k][i] = min(best[k][i], clock() - t0)
-                    if cuda:
-                        peak[k] = max(peak[k], torch.cuda.max_memory_allocated(dev) / 1024**3)
+        steps = [functools.partial(step, model, opt, bf16) for _, model, opt, bf16 in settings]
+        best, peak = interleaved(steps, batches, a.repeats, dev)
         fp32 = a.steps * a.batch / sum(best[0])
         for (name, *_), times, gb in zip(settings, best, peak):
             sps = a.steps * a.batch / sum(times)

@@ -25,7 +25,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import torch
 
@@ -34,6 +36,35 @@ def padding_waste(durations: list[float], batches: list[list[int]]) -> float:
     real = sum(durations[i] for b in batches for i in b)
     padded = sum(max(durations[i] for i in b) * len(b) for b in batches)
     return 1.0 - real / padded
+
+
+def interleaved(steps: list[Callable[[Any], None]], batches: list, repeats: int, device: torch.device) -> tuple[list[list[float]], list[float]]:
+    """Each step warmed up (and compiled) on ``batches[0]``, then timed on each of ``batches[1:]``,
+    every step in turn, ``repeats`` rounds -> each step's fastest seconds per batch, and (CUDA)
+    the most device memory (GB) a step of it allocated. Interleaved, so that drift in the
+    machine's speed hits every step alike; on CUDA the clock waits for the device."""
+    cuda = device.type == "cuda"
+
+    def clock() -> float:
+        if cuda:
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    for step in steps:
+        step(batches[0])
+    best = [[float("inf")] * (len(batches) - 1) for _ in steps]
+    peak = [0.0] * len(steps)
+    for _ in range(repeats):
+        for i, b in enumerate(batches[1:]):
+            for k, step in enumerate(steps):
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats(device)
+                t0 = clock()
+                step(b)
+                best[k][i] = min(best[k][i], clock() - t0)
+                if cuda:
+                    peak[k] = max(peak[k], torch.cuda.max_memory_allocated(device) / 1024**3)
+    return best, peak
 
 
 def make_step(model, bf16: bool):
@@ -79,11 +110,6 @@ def main() -> None:
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # fp32 is fp32
 
-    def clock() -> float:
-        if cuda:
-            torch.cuda.synchronize(dev)
-        return time.perf_counter()
-
     from sonus.asr.config import TransducerLossConfig
     from sonus.asr.model import TwoPassASR
     from sonus.asr.train import model_config_from
@@ -125,22 +151,7 @@ def main() -> None:
             if compiled:
                 model.encoder = torch.compile(model.encoder)
             settings.append((loss, precision, compiled, make_step(model, precision == "bf16")))
-        for *_, step in settings:
-            step(chosen[0])  # warm-up (and compilation)
-        # Interleaved: each batch runs under every setting in turn, --repeats times; a setting's time
-        # for a batch is its fastest, so drift in the machine's speed hits every setting alike.
-        best = [[float("inf")] * a.steps for _ in settings]
-        peak = [0.0] * len(settings)  # GB of device memory allocated at most during a step (CUDA)
-        for _ in range(a.repeats):
-            for i, b in enumerate(chosen[1:]):
-                for k, (*_, step) in enumerate(settings):
-                    if cuda:
-                        torch.cuda.reset_peak_memory_stats(dev)
-                    t0 = clock()
-                    step(b)
-                    best[k][i] = min(best[k][i], clock() - t0)
-                    if cuda:
-                        peak[k] = max(peak[k], torch.cuda.max_memory_allocated(dev) / 1024**3)
+        best, peak = interleaved([step for *_, step in settings], chosen, a.repeats, dev)
         for (loss, precision, compiled, _), times, gb in zip(settings, best, peak):
             wall = sum(times)
             rows.append((exp, loss, precision, "on" if compiled else "off", wall / a.steps, audio_s / wall, gb))

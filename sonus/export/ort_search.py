@@ -219,7 +219,7 @@ class ModifiedBeamSearch(OrtSearch[BeamState]):
         lp, lm = self._log_probs(tr, enc_t, state)  # (N, V)
         V = lp.shape[1]
         cand = (state.scores[:, None] + lp).reshape(-1)  # (N * V,) fp32, as PyTorch adds them
-        idx = _top(cand, 2 * self.K)
+        idx = top_indices(cand, 2 * self.K)
         return self._select(tr, state, cand[idx], idx // V, idx % V, None, lm)[0]
 
     def _log_probs(self, tr: Transducer, enc_t: np.ndarray, state: BeamState) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
@@ -308,7 +308,7 @@ class BeamSearch(ModifiedBeamSearch):
                 ext[:, np.arange(V) != tr.blank] = -np.inf
             carry = np.where(closed, state.scores, np.float32(-np.inf))  # done ones stay as they are
             everything = np.concatenate([ext.reshape(-1), carry])
-            idx = _top(everything, min(2 * self.K, everything.size))
+            idx = top_indices(everything, min(2 * self.K, everything.size))
             carried = idx >= N * V
             src = np.where(carried, idx - N * V, idx // V)
             labels = np.where(carried, tr.blank, idx % V)
@@ -316,7 +316,7 @@ class BeamSearch(ModifiedBeamSearch):
         return state
 
 
-def _top(x: np.ndarray, n: int) -> np.ndarray:
+def top_indices(x: np.ndarray, n: int) -> np.ndarray:
     """Indices of the ``n`` largest values of x (1-D), largest first."""
     if n < x.size:
         part = np.argpartition(-x, n - 1)[:n]
@@ -342,13 +342,33 @@ class LASRescorer:
         # and the exporter drops an unused input from the graph
         self.step_inputs = {i.name for i in step.get_inputs()}
 
-    def scores(self, enc: np.ndarray, hyps: list[list[int]]) -> list[float]:
+    def listen_to(self, enc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One utterance's encoder frames enc (T, H) -> the listener's values (1, T, D), keys (1, T, A)."""
+        return tuple(self.listen.run(None, {"enc": enc[None].astype(np.float32)}))  # type: ignore[return-value]
+
+    def start(self, values: np.ndarray, keys: np.ndarray, N: int) -> dict[str, np.ndarray]:
+        """The decoder's inputs for N rows on one utterance's listener output: zero state and
+        context, uniform attention (``LAS.initial_state``)."""
+        T = values.shape[1]
+        return {
+            "h_in": np.zeros((N, self.dec_hidden), np.float32), "c_in": np.zeros((N, self.dec_hidden), np.float32),
+            "context_in": np.zeros((N, values.shape[2]), np.float32), "prev_in": np.full((N, T), 1.0 / T, np.float32),
+            "values": np.repeat(values, N, 0), "keys": np.repeat(keys, N, 0), "mask": np.ones((N, T), dtype=bool),
+        }  # fmt: skip
+
+    def run(self, feed: dict[str, np.ndarray], tokens: np.ndarray) -> np.ndarray:
+        """One decoder step on tokens (N,) -> log-probabilities (N, V); ``feed``'s state moves on."""
+        lp, feed["h_in"], feed["c_in"], feed["context_in"], feed["prev_in"] = self.step.run(
+            None, {k: v for k, v in (feed | {"tokens": tokens}).items() if k in self.step_inputs}
+        )
+        return lp
+
+    def scores(self, enc: np.ndarray, hyps: list[list[int]], listened: tuple[np.ndarray, np.ndarray] | None = None) -> list[float]:
         """LAS teacher-forced log P(tokens, <eos>) of each hypothesis (N,), unnormalised (a sum over
-        tokens and <eos>), given one utterance's encoder frames enc (T, H): the listener once,
-        then the attention decoder over the N together."""
-        T, N = enc.shape[0], len(hyps)
-        values, keys = self.listen.run(None, {"enc": enc[None].astype(np.float32)})  # (1, T, D), (1, T, A)
-        values, keys = np.repeat(values, N, 0), np.repeat(keys, N, 0)  # (N, T, D), (N, T, A)
+        tokens and <eos>), given one utterance's encoder frames enc (T, H): the listener once
+        (or its output ``listened``), then the attention decoder over the N together."""
+        N = len(hyps)
+        feed = self.start(*(listened or self.listen_to(enc)), N)
         U = max(1, max(len(h) for h in hyps))
         inputs = np.zeros((N, U + 1), dtype=np.int64)
         inputs[:, 0] = self.eos  # <eos> starts, as in LAS.forward
@@ -357,27 +377,23 @@ class LASRescorer:
             inputs[k, 1 : 1 + len(h)] = h
             targets[k, : len(h)] = h
             targets[k, len(h)] = self.eos
-        feed = {
-            "h_in": np.zeros((N, self.dec_hidden), np.float32), "c_in": np.zeros((N, self.dec_hidden), np.float32),
-            "context_in": np.zeros((N, values.shape[2]), np.float32), "prev_in": np.full((N, T), 1.0 / T, np.float32),
-            "values": values, "keys": keys, "mask": np.ones((N, T), dtype=bool),
-        }  # fmt: skip
         total, rows = np.zeros(N, dtype=np.float64), np.arange(N)
         for u in range(U + 1):
-            lp, feed["h_in"], feed["c_in"], feed["context_in"], feed["prev_in"] = self.step.run(
-                None, {k: v for k, v in (feed | {"tokens": inputs[:, u]}).items() if k in self.step_inputs}
-            )
+            lp = self.run(feed, inputs[:, u])
             valid = targets[:, u] >= 0
             total[valid] += lp[rows[valid], targets[valid, u]]
         return total.tolist()
 
-    def rescore(self, enc: np.ndarray, nbest: list[OnnxHypothesis], las_weight: float, length_bonus: float = 0.0) -> list[OnnxHypothesis]:
+    def rescore(
+        self, enc: np.ndarray, nbest: list[OnnxHypothesis], las_weight: float, length_bonus: float = 0.0,
+        listened: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> list[OnnxHypothesis]:  # fmt: skip
         """The n-best of one utterance (encoder frames enc (T, H)) with LAS scores, re-ranked by
         (1 - w) * rnnt + w * las + length_bonus * tokens (+ the fused LM's score; ``decoding.las.combine``)."""
         if not nbest:
             return []
         out = []
-        for h, las in zip(nbest, self.scores(enc, [h.tokens for h in nbest])):
+        for h, las in zip(nbest, self.scores(enc, [h.tokens for h in nbest], listened)):
             score = (1.0 - las_weight) * h.rnnt_score + las_weight * las + length_bonus * len(h.tokens) + (h.lm_score or 0.0)
             out.append(OnnxHypothesis(h.tokens, score, h.rnnt_score, las, h.text, h.lm_score))
         out.sort(key=lambda h: -h.score)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from sonus.export.ort_lexicon import ROOT, LexiconTables
-from sonus.export.ort_search import LASRescorer, OnnxHypothesis, Transducer
+from sonus.export.ort_search import LASRescorer, OnnxHypothesis, Transducer, top_indices
 
 
 def transducer_logprob(tr: Transducer, enc: np.ndarray, tokens: list[int]) -> float:
@@ -59,14 +59,11 @@ class LASBeamSearch:
         self.r, self.K, self.max_len_ratio = rescorer, beam_size, max_len_ratio
         self.lm, self.lm_weight = (lm, float(lm_weight)) if lm is not None and lm_weight else (None, 0.0)
 
-    def __call__(self, enc: np.ndarray) -> list[OnnxHypothesis]:
+    def __call__(self, enc: np.ndarray, listened: tuple[np.ndarray, np.ndarray] | None = None) -> list[OnnxHypothesis]:
+        """The n-best of one utterance, encoder frames enc (T, H) (``listened``: the listener's
+        output on them, if already computed)."""
         K, eos, T = self.K, self.r.eos, enc.shape[0]
-        values, keys = self.r.listen.run(None, {"enc": enc[None].astype(np.float32)})
-        feed = {
-            "h_in": np.zeros((K, self.r.dec_hidden), np.float32), "c_in": np.zeros((K, self.r.dec_hidden), np.float32),
-            "context_in": np.zeros((K, values.shape[2]), np.float32), "prev_in": np.full((K, T), 1.0 / T, np.float32),
-            "values": np.repeat(values, K, 0), "keys": np.repeat(keys, K, 0), "mask": np.ones((K, T), dtype=bool),
-        }  # fmt: skip
+        feed = self.r.start(*(listened or self.r.listen_to(enc)), K)
         scores = np.full(K, -np.inf, np.float32)
         scores[0] = 0.0
         lm_part = np.zeros(K, np.float32)  # the LM's share of ``scores``
@@ -75,8 +72,7 @@ class LASBeamSearch:
         finished: list[OnnxHypothesis] = []
         tokens = np.full(K, eos, dtype=np.int64)
         for _ in range(int(T * self.max_len_ratio) + 1):
-            step_in = {k: v for k, v in (feed | {"tokens": tokens}).items() if k in self.r.step_inputs}
-            lp, *carry = self.r.step.run(None, step_in)  # (K, V) log-probabilities, then h, c, context, prev
+            lp = self.r.run(feed, tokens)  # (K, V)
             V = lp.shape[1]
             cand = scores[:, None] + lp
             if self.lm is not None:
@@ -86,7 +82,7 @@ class LASBeamSearch:
                 cand = cand + lm_lp
                 cand_lm = (lm_part[:, None] + lm_lp).reshape(-1)
             flat = cand.reshape(-1)
-            top = np.argsort(-flat, kind="stable")[: 2 * K]
+            top = top_indices(flat, 2 * K)
             src, nxt = np.zeros(K, dtype=np.int64), np.full(K, eos, dtype=np.int64)
             new_scores, new_lm = np.full(K, -np.inf, np.float32), np.zeros(K, np.float32)
             new_seqs: list[list[int]] = [[] for _ in range(K)]
@@ -108,8 +104,8 @@ class LASBeamSearch:
                 slot += 1
             done = len(finished) >= K and max(h.score for h in finished) > float(new_scores.max())
             scores, lm_part, seqs, tokens = new_scores, new_lm, new_seqs, nxt
-            h, c, context, prev = carry
-            feed.update(h_in=h[src], c_in=c[src], context_in=context[src], prev_in=prev[src])
+            for name in ("h_in", "c_in", "context_in", "prev_in"):  # the surviving beams' decoder state
+                feed[name] = feed[name][src]
             if self.lm is not None:
                 nodes = lm_next[src, tokens]
             if done:
@@ -136,19 +132,14 @@ def union_second_pass(
     las_weight: float, length_bonus: float,
 ) -> list[OnnxHypothesis]:  # fmt: skip
     """The first pass' n-best and LAS beam search's, joined (first-pass order first, then LAS's
-    new ones), each scored by the transducer, LAS and the LM, ranked best first."""
+    new ones), each scored by the transducer and the LM, then by LAS and ranked as
+    :meth:`LASRescorer.rescore` ranks an n-best (``decoding.las``: union, score, combine)."""
+    listened = rescorer.listen_to(enc)  # one listener run for the beam search and the scores
     seen: dict[tuple[int, ...], list[int]] = {}
-    for h in first + beam(enc):
+    for h in first + beam(enc, listened):
         seen.setdefault(tuple(h.tokens), list(h.tokens))
-    hyps = list(seen.values())
-    if not hyps:
-        return []
-    las = rescorer.scores(enc, hyps)
-    out = []
-    for tokens, las_score in zip(hyps, las):
-        rnnt = transducer_logprob(tr, enc, tokens)
+    hyps = []
+    for tokens in seen.values():
         lm = beam.lm_weight * lm_logprob(beam.lm, tokens, tr.blank) if beam.lm is not None else None
-        score = (1.0 - las_weight) * rnnt + las_weight * las_score + length_bonus * len(tokens) + (lm or 0.0)
-        out.append(OnnxHypothesis(tokens, score, rnnt, las_score, lm_score=lm))
-    out.sort(key=lambda h: -h.score)
-    return out
+        hyps.append(OnnxHypothesis(tokens, 0.0, transducer_logprob(tr, enc, tokens), lm_score=lm))
+    return rescorer.rescore(enc, hyps, las_weight, length_bonus, listened)
