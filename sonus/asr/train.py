@@ -32,7 +32,7 @@ from sonus.data.asr_dataset import (
 )
 from sonus.data.manifest import read_manifest
 from sonus.data.sampler import DurationBucketSampler
-from sonus.nn.conformer import ConformerConfig
+from sonus.nn.conformer import ConformerConfig, chunking_from_att_context
 from sonus.text.tokenizer import (
     Tokenizer,
     load_tokenizer,
@@ -55,7 +55,7 @@ def model_config_from(m: DictConfig, vocab_size: int, n_mels: int, sample_rate: 
         feat_in=None if m.get("feat_in") is None else int(m.feat_in),
         encoder=EncoderConfig(
             m.encoder_hidden, m.encoder_layers, m.reduction, m.reduction_type, m.dropout, kind=m.get("encoder", "lstm"),
-            conformer=ConformerConfig(**{"dropout": m.dropout, **OmegaConf.to_container(m.get("conformer", {}), resolve=True)}),
+            conformer=conformer_config_from(m),
         ),
         predictor=PredictorConfig(m.pred_type, m.pred_hidden, m.pred_layers, m.pred_embed, m.dropout),
         joiner=JoinerConfig(m.joint_hidden),
@@ -79,6 +79,18 @@ def model_config_from(m: DictConfig, vocab_size: int, n_mels: int, sample_rate: 
             fastemit_lambda=float(m.get("fastemit_lambda", 0.0)),
         ),
     )
+
+
+def conformer_config_from(m: DictConfig) -> ConformerConfig:
+    """``model.conformer``; where NeMo's ``att_context_size: [left, right]`` is given, it sets
+    ``chunk_size`` and ``left_chunks`` (:func:`~sonus.nn.conformer.chunking_from_att_context`)."""
+    c = {"dropout": m.dropout, **OmegaConf.to_container(m.get("conformer", {}), resolve=True)}
+    ctx = c.pop("att_context_size", None)
+    if ctx is not None:
+        if len(ctx) != 2:
+            raise ValueError(f"model.conformer.att_context_size={ctx}: give [left, right] in encoder frames")
+        c["chunk_size"], c["left_chunks"] = chunking_from_att_context(int(ctx[0]), int(ctx[1]))
+    return ConformerConfig(**c)
 
 
 def decoding_options_from(d: DictConfig, default_second_pass: str = "rescore") -> DecodingOptions:
@@ -199,7 +211,10 @@ def train(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
         [u.duration for u in dev_utts], float(t.max_duration), int(t.batch_size), shuffle=False, num_replicas=world, rank=rank
     )
     nw = int(d.num_workers)
-    train_dl = DataLoader(train_ds, batch_sampler=train_sampler, collate_fn=collate, num_workers=nw, persistent_workers=nw > 0)
+    # Its own generator: a loader iterator draws its workers' seed, from the global stream otherwise, which
+    # would shift a run resumed mid-epoch (whose iterator starts after the checkpoint) off an uninterrupted one.
+    train_dl = DataLoader(train_ds, batch_sampler=train_sampler, collate_fn=collate, num_workers=nw, persistent_workers=nw > 0,
+                          generator=torch.Generator().manual_seed(int(cfg.seed)))  # fmt: skip
     dev_dl = DataLoader(dev_ds, batch_sampler=dev_sampler, collate_fn=collate, num_workers=nw, persistent_workers=nw > 0)
     total = len(train_sampler) * int(t.num_epochs) // int(t.get("accumulate_grad_batches", 1))
     optim = OptimConfig(lr=float(t.lr), warmup_steps=int(t.warmup_steps), decay=t.lr_decay, total_steps=total, budget_seconds=budget_seconds(t))

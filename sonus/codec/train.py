@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -19,6 +20,7 @@ from sonus.codec.model import CodecConfig, SpeechTokenizer
 from sonus.codec.quantize import RVQConfig
 from sonus.data.audio_dataset import AudioSegmentDataset, split_utterances
 from sonus.data.manifest import Utterance, read_manifest
+from sonus.data.sampler import EpochSampler
 from sonus.train.trainer import RunData, build_trainer, resume_path, start_run
 
 log = logging.getLogger(__name__)
@@ -72,9 +74,10 @@ def train(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
     adversarial = AdversarialConfig(**{k: v for k, v in adv.items() if k != "enabled"}) if adv.pop("enabled", True) else None
     trainer = build_trainer(cfg, out, monitor="val/loss", mode="min", extra_callbacks=callbacks, manual_optimization=adversarial is not None)
     world, rank = trainer.world_size, trainer.global_rank
-    sampler = DistributedSampler(train_ds, world, rank, shuffle=True, seed=seed) if world > 1 else None
+    sampler = EpochSampler(train_ds, world, rank, shuffle=True, seed=seed)
     nw = int(d.get("num_workers") or 0)
-    train_dl = DataLoader(train_ds, int(t.batch_size), shuffle=sampler is None, sampler=sampler, num_workers=nw, drop_last=True)
+    train_dl = DataLoader(train_ds, int(t.batch_size), sampler=sampler, num_workers=nw, drop_last=True,
+                          generator=torch.Generator().manual_seed(seed))  # fmt: skip  (own generator: see asr.train)
     val_dl = DataLoader(val_ds, int(t.batch_size), sampler=DistributedSampler(val_ds, world, rank, shuffle=False) if world > 1 else None, num_workers=nw)
     optim = CodecOptimConfig(lr=float(t.lr), weight_decay=float(t.weight_decay), warmup_steps=int(t.warmup_steps), total_steps=int(t.total_steps))
     opts = CodecTrainOptions(weights=dict(cfg.model.loss_weights), plot_dir=str(out / "plots"), adversarial=adversarial, grad_clip=float(t.grad_clip))

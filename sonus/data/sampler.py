@@ -1,8 +1,9 @@
-"""Duration-bucketed batching, DDP-aware.
+"""Samplers, DDP-aware, that a run resumed mid-epoch can skip into.
 
-Utterances of similar duration go to one batch, and a batch holds at most
-``max_duration`` seconds of *padded* audio (longest x count), so little compute goes
-to padding (lhotse's DynamicBucketingSampler follows the same idea).
+:class:`DurationBucketSampler` batches utterances of similar duration, at most
+``max_duration`` seconds of *padded* audio (longest x count) a batch, so little compute goes
+to padding (lhotse's DynamicBucketingSampler follows the same idea). :class:`EpochSampler`
+shuffles fixed-size items (separation mixtures, codec segments) anew each epoch.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import math
 import random
 from collections.abc import Iterator, Sequence
 
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 
 class DurationBucketSampler(Sampler[list[int]]):
@@ -61,9 +62,18 @@ class DurationBucketSampler(Sampler[list[int]]):
         self.num_replicas, self.rank, self.drop_last = num_replicas, rank, drop_last
         self.sorted_epochs = sorted_epochs
         self.epoch = 0
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume(self, batches_done: int) -> None:
+        """The next iteration yields the current epoch's batches after its first ``batches_done``
+        (a run resumed from a checkpoint written mid-epoch); later iterations are whole epochs.
+        ``len()`` stays the whole epoch's, as the trainer's batch count expects."""
+        if not 0 <= batches_done <= len(self):
+            raise ValueError(f"cannot resume after {batches_done} batches of an epoch of {len(self)}")
+        self._skip = batches_done
 
     def _batches(self) -> list[list[int]]:
         rng = random.Random(self.seed + self.epoch)
@@ -97,7 +107,8 @@ class DurationBucketSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self._batches())
+        skip, self._skip = self._skip, 0
+        return iter(self._batches()[skip:])
 
     def __len__(self) -> int:
         return len(self._batches())
@@ -110,3 +121,29 @@ class DurationBucketSampler(Sampler[list[int]]):
             total += max(d) * len(d)
             padded += max(d) * len(d) - sum(d)
         return padded / total if total else 0.0
+
+
+class EpochSampler(DistributedSampler):
+    """``DistributedSampler``'s shuffle, drawn from ``seed`` and the epoch (not from the global
+    random stream), also for a single process; :meth:`resume` skips into it.
+
+    Args:
+        dataset: anything with ``len()``.
+        num_replicas, rank: the DDP world size and this process' rank (1 and 0 without DDP).
+        shuffle, seed: a new order each epoch (``set_epoch``, which Lightning calls).
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self._skip = 0
+
+    def resume(self, items_done: int) -> None:
+        """The next iteration starts after the current epoch's first ``items_done`` items (a run
+        resumed mid-epoch: batches done x batch size); later iterations are whole epochs."""
+        if not 0 <= items_done <= len(self):
+            raise ValueError(f"cannot resume after {items_done} items of an epoch of {len(self)}")
+        self._skip = items_done
+
+    def __iter__(self) -> Iterator[int]:
+        skip, self._skip = self._skip, 0
+        return iter(list(super().__iter__())[skip:])

@@ -45,6 +45,26 @@ class ConformerConfig:
     dropout: float = 0.1
 
 
+def chunking_from_att_context(left: int, right: int) -> tuple[int, int]:
+    """NeMo's ``att_context_size=[left, right]`` (encoder frames; its ``chunked_limited`` style, which
+    streams) as ``(chunk_size, left_chunks)``: each frame sees the rest of its chunk of ``right + 1``
+    frames and ``left`` frames before the chunk. ``[-1, -1]`` is full attention (``(0, -1)``).
+
+    Raises:
+        ValueError: ``left`` is not a whole number of chunks, or a bound is below -1.
+    """
+    if left < -1 or right < -1:
+        raise ValueError(f"model.conformer.att_context_size=[{left}, {right}]: each bound is a frame count >= 0, or -1 (unlimited)")
+    if right == -1:
+        if left != -1:
+            raise ValueError(f"model.conformer.att_context_size=[{left}, -1]: an unlimited right context does not stream; use [-1, -1] for full attention")
+        return 0, -1
+    chunk = right + 1
+    if left != -1 and left % chunk:
+        raise ValueError(f"model.conformer.att_context_size=[{left}, {right}]: the left context must be a multiple of the chunk, right + 1 = {chunk}")
+    return chunk, -1 if left == -1 else left // chunk
+
+
 @dataclass
 class ConformerState:
     """What a stream carries between calls. ``kv`` holds each layer's rotated keys and values

@@ -34,22 +34,27 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SepOptimConfig:
     """AdamW with optional linear warmup, then ``decay``: ``plateau`` (ReduceLROnPlateau on the
-    validation loss) or ``budget`` (linear in wall-clock time to 5% at the end of
-    ``training.time_budget_minutes``, as ASR's ``lr_decay=budget``)."""
+    validation loss), or one of the step schedules every task shares
+    (:func:`~sonus.train.schedule.warmup_decay`): ``noam``, ``cosine`` (to ``total_steps``),
+    ``exponential``, ``constant``, or ``budget`` (linear in wall-clock time to 5% at the end of
+    ``training.time_budget_minutes``)."""
 
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 0
     plateau_factor: float = 0.5
     plateau_patience: int = 2
-    decay: Literal["plateau", "budget"] = "plateau"
+    decay: Literal["plateau", "noam", "cosine", "exponential", "constant", "budget"] = "plateau"
     budget_seconds: float | None = None  # decay="budget": the run's time budget
+    total_steps: int | None = None  # decay="cosine": optimizer steps of the whole run
 
     def __post_init__(self) -> None:
-        if self.decay not in ("plateau", "budget"):
-            raise ValueError(f"training.lr_decay must be plateau or budget for separation, got {self.decay!r}")
+        if self.decay not in ("plateau", "noam", "cosine", "exponential", "constant", "budget"):
+            raise ValueError(f"training.lr_decay must be plateau, noam, cosine, exponential, constant or budget, got {self.decay!r}")
         if self.decay == "budget" and not self.budget_seconds:
             raise ValueError("training.lr_decay=budget decays over the time budget: set training.time_budget_minutes")
+        if self.decay == "cosine" and not self.total_steps:
+            raise ValueError("training.lr_decay=cosine decays to the run's last step: total_steps is needed")
 
 
 @dataclass(frozen=True)
@@ -186,8 +191,8 @@ class SeparationLightning(FusedClipping, pl.LightningModule):
     def configure_optimizers(self):
         c = self.optim_cfg
         opt = adam(self.model.parameters(), c.lr, c.weight_decay, decoupled=True, fused=fused_allowed(self))
-        if c.decay == "budget":
-            factor = warmup_decay(c.warmup_steps, "budget", budget_seconds=c.budget_seconds, elapsed=budget_clock(self))
+        if c.decay != "plateau":
+            factor = warmup_decay(c.warmup_steps, c.decay, c.total_steps, budget_seconds=c.budget_seconds, elapsed=budget_clock(self))
             return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor), "interval": "step"}}
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=c.plateau_factor, patience=c.plateau_patience)
         scheds = [{"scheduler": plateau, "monitor": "val/loss", "interval": "epoch", "strict": False}]

@@ -6,9 +6,11 @@ import logging
 from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler
 
+from sonus.data.sampler import EpochSampler
 from sonus.data.separation import collate_separation
 from sonus.separation.config import build_dataset
 from sonus.separation.lightning import (
@@ -48,18 +50,19 @@ def train(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
 
     trainer = build_trainer(cfg, out, monitor="val/si_sdr", mode="max", extra_callbacks=callbacks)
     world, rank = trainer.world_size, trainer.global_rank
-    train_sampler = DistributedSampler(train_ds, world, rank, shuffle=True, seed=seed) if world > 1 else None
+    train_sampler = EpochSampler(train_ds, world, rank, shuffle=True, seed=seed)
     val_sampler = DistributedSampler(val_ds, world, rank, shuffle=False) if world > 1 else None
     nw = int(d.get("num_workers") or 0)
     # Not persistent: workers copy the dataset when an epoch starts, so set_epoch (new dynamic
     # mixtures, MM-IPC draws) and curriculum stages reach them.
-    train_dl = DataLoader(train_ds, int(t.batch_size), shuffle=train_sampler is None, sampler=train_sampler,
-                          collate_fn=collate_separation, num_workers=nw, drop_last=True)  # fmt: skip
+    train_dl = DataLoader(train_ds, int(t.batch_size), sampler=train_sampler, collate_fn=collate_separation, num_workers=nw,
+                          drop_last=True, generator=torch.Generator().manual_seed(seed))  # fmt: skip  (own generator: see asr.train)
     val_dl = DataLoader(val_ds, int(t.get("val_batch_size", 1)), sampler=val_sampler, collate_fn=collate_separation, num_workers=nw)
     optim = SepOptimConfig(
         lr=float(t.lr), weight_decay=float(t.weight_decay), warmup_steps=int(t.get("warmup_steps", 0)),
         plateau_factor=float(t.get("plateau_factor", 0.5)), plateau_patience=int(t.get("plateau_patience", 2)),
         decay=t.get("lr_decay") or "plateau", budget_seconds=budget_seconds(t),
+        total_steps=len(train_dl) * int(t.num_epochs) // int(t.get("accumulate_grad_batches", 1)),
     )  # fmt: skip
     opts = SepTrainOptions(
         loss=t.get("loss", "si_sdr"), sample_rate=int(d.get("sample_rate", 8000)), plot_dir=str(out / "plots"),

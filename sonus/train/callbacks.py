@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Checkpoint
+
+log = logging.getLogger(__name__)
 
 
 class TimeBudget(pl.Callback):
@@ -108,15 +112,81 @@ class SamplerEpoch(pl.Callback):
         set_loader_epoch(trainer.train_dataloader, trainer)
 
 
-class SaveLast(pl.Callback):
-    """Write ``last.ckpt`` after every training epoch (validation included), atomically.
+class SaveLast(Checkpoint):
+    """Keep ``last.ckpt`` current, written atomically, for resuming a run that stopped or crashed.
 
-    Lightning's ``save_last`` skips the file when the best checkpoint was written at the
-    same step, so after a crash ``last.ckpt`` could be an epoch behind.
+    It is written after every validation, every ``every_minutes`` of training (at an optimizer
+    step, so no accumulated gradient is lost), when ``max_steps`` ends the run, and after every
+    training epoch that ran all its batches. A checkpoint written mid-epoch resumes mid-epoch:
+    Lightning restores the loop's position and :class:`~sonus.train.trainer.RunData` starts the
+    training loader after the batches that epoch already trained on (:func:`resume_loader_position`),
+    so a crash at minute 13 of a one-epoch, 14-minute run loses at most ``every_minutes``.
+    An epoch cut short (time budget, ``max_steps``, early stopping) is not written again at its
+    end: Lightning would count it finished there, and a resumed run would skip its other batches.
+
+    A :class:`~lightning.pytorch.callbacks.Checkpoint`, so that Lightning runs it after the other
+    callbacks (the time budget, early stopping) and the file holds their latest state. Lightning's
+    own ``save_last`` skips the file when the best checkpoint was written at the same step, so after
+    a crash its ``last.ckpt`` could be behind.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, every_minutes: float | None = None) -> None:
+        if every_minutes is not None and every_minutes < 0:
+            raise ValueError(f"training.last_every_minutes must be >= 0 or null, got {every_minutes}")
         self.path = path
+        self.every = None if every_minutes is None else every_minutes * 60.0
+        self._last = time.monotonic()
+        self._fresh = False  # written since the last training batch started
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full state: last.ckpt is for resuming
+        self._last, self._fresh = time.monotonic(), True
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._last = time.monotonic()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._fresh = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.fit_loop._should_accumulate():
+            return
+        due = self.every is not None and time.monotonic() - self._last >= self.every
+        if trainer.world_size > 1:  # every rank must enter save_checkpoint, or its barrier hangs
+            due = trainer.strategy.broadcast(due)
+        if due or 0 < trainer.max_steps <= trainer.global_step:
+            self._save(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        if trainer.fit_loop.epoch_loop.batch_progress.current.completed < trainer.num_training_batches:
+            self._save(trainer)  # (at an epoch's last batch, the epoch's end writes it)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        trainer.save_checkpoint(self.path, weights_only=False)  # the full state: last.ckpt is for resuming
+        ran_all = trainer.fit_loop.epoch_loop.batch_progress.current.completed >= trainer.num_training_batches
+        if ran_all or not self._fresh:
+            self._save(trainer)
+
+
+def resume_loader_position(loaders, trainer: pl.Trainer) -> None:
+    """After Lightning restored a checkpoint written mid-epoch, make the training loaders start
+    after the batches that epoch already trained on, as an uninterrupted run would go on.
+
+    Lightning counts those batches as fetched but cannot skip them in a loader without a
+    ``state_dict``: the epoch would start over, and end early, on batches already trained on.
+    A batch sampler with ``resume(batches)`` (:class:`~sonus.data.sampler.DurationBucketSampler`)
+    or a sampler with ``resume(items)`` (:class:`~sonus.data.sampler.EpochSampler`) skips them.
+    """
+    epoch = trainer.fit_loop.epoch_progress.current
+    if epoch.processed >= epoch.started:  # a new run, or the checkpoint ended an epoch
+        return
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
+        batch_sampler, sampler = getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None)
+        if callable(getattr(batch_sampler, "resume", None)):
+            batch_sampler.resume(done)
+        elif callable(getattr(sampler, "resume", None)) and getattr(loader, "batch_size", None):
+            sampler.resume(done * loader.batch_size)
+        else:
+            log.warning("the training loader cannot skip the %d batches this epoch already trained on: the epoch starts over", done)

@@ -21,6 +21,7 @@ from sonus.train.callbacks import (
     SamplerEpoch,
     SaveLast,
     TimeBudget,
+    resume_loader_position,
     set_loader_epoch,
 )
 from sonus.train.checkpoint import AtomicCheckpointIO
@@ -39,7 +40,7 @@ def build_trainer(cfg: Any, output_dir: Path, monitor: str, mode: str = "min", e
     t = cfg.training
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(dirpath=str(output_dir), filename="best", monitor=monitor, mode=mode, save_top_k=1, save_last=False, auto_insert_metric_name=False, enable_version_counter=False),
-        SaveLast(str(output_dir / "last.ckpt")),
+        SaveLast(str(output_dir / "last.ckpt"), t.get("last_every_minutes", 5)),
         SamplerEpoch(),
     ]
     if int(t.get("save_top_k", 0)) > 0:
@@ -96,8 +97,9 @@ class RunData(pl.LightningDataModule):
     """A run's training and validation loaders, handed to ``Trainer.fit`` as a data module.
 
     Lightning asks for the loaders after restoring a checkpoint and draws the first epoch's
-    batches at once; asked here, the batch sampler learns which epoch that is, so a resumed
-    run draws the batches an uninterrupted one would (later epochs: :class:`SamplerEpoch`).
+    batches at once; asked here, the batch sampler learns which epoch that is, and a run
+    resumed mid-epoch skips the batches that epoch already trained on, so a resumed run draws
+    the batches an uninterrupted one would (later epochs: :class:`SamplerEpoch`).
     """
 
     def __init__(self, train: Any, val: Any) -> None:
@@ -106,6 +108,7 @@ class RunData(pl.LightningDataModule):
 
     def train_dataloader(self) -> Any:
         set_loader_epoch(self.train, self.trainer)
+        resume_loader_position(self.train, self.trainer)
         return self.train
 
     def val_dataloader(self) -> Any:

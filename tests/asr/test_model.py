@@ -185,3 +185,29 @@ def test_lightning_without_las_keeps_the_decoding_options_but_the_second_pass():
     module = ASRLightning(model, tok, OptimConfig(), TrainOptions(loss_weights={"rnnt": 1.0}), opts)
     assert module.decoding.second_pass == "none"
     assert (module.decoding.max_symbols_per_frame, module.decoding.beam_size, module.decoding.strategy) == (4, 3, "greedy")
+
+
+def test_hybrid_loss_is_the_weighted_sum_and_trains_the_ctc_head():
+    """model.loss_weights {rnnt, ctc, las}: the one weighted sum of the named losses
+    (L = rnnt + 0.3 ctc + 0.5 las), and the CTC head and the shared encoder get its gradient."""
+    from types import SimpleNamespace
+
+    from sonus.asr.decoding import DecodingOptions
+    from sonus.asr.lightning import ASRLightning, OptimConfig, TrainOptions
+
+    tok = CharTokenizer("abcdefg")
+    model = TwoPassASR(replace(small_config(tok.vocab_size), ctc_head=True))
+    weights = {"rnnt": 1.0, "ctc": 0.3, "las": 0.5}
+    module = ASRLightning(model, tok, OptimConfig(), TrainOptions(loss_weights=weights), DecodingOptions())
+    wave, wl, targets, tl = _batch(vocab=tok.vocab_size)
+    batch = SimpleNamespace(wave=wave, wave_lengths=wl, targets=targets, target_lengths=tl)
+    total, parts, *_ = module._losses(batch)
+    assert set(parts) == {"rnnt", "ctc", "las"} and all(torch.isfinite(v) and v > 0 for v in parts.values())
+    torch.testing.assert_close(total, parts["rnnt"] + 0.3 * parts["ctc"] + 0.5 * parts["las"])
+    total.backward()
+    assert model.ctc.weight.grad.abs().sum() > 0
+    with_ctc = model.encoder.lstm.weight_ih_l0.grad.clone()
+    model.zero_grad()
+    _, parts, *_ = module._losses(batch)
+    (parts["rnnt"] + 0.5 * parts["las"]).backward()
+    assert not torch.allclose(with_ctc, model.encoder.lstm.weight_ih_l0.grad)  # the CTC term reaches the shared encoder

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
@@ -174,3 +175,93 @@ def test_resume_gives_the_uninterrupted_result(tone_corpus, tmp_path):
     for k, v in a["state_dict"].items():
         assert torch.equal(v, b["state_dict"][k]), k
     assert _scalars(once / "tensorboard")["val/loss_total"][-1] == pytest.approx(_scalars(twice / "tensorboard")["val/loss_total"][-1])
+
+
+class _Crash(pl.Callback):
+    """Fail like a killed process at optimizer step ``at``, before anything is saved there."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.at:
+            raise RuntimeError("simulated crash")
+
+
+def _same_weights(a_path: Path, b_path: Path) -> None:
+    a, b = torch.load(a_path, weights_only=True), torch.load(b_path, weights_only=True)
+    assert a["epoch"] == b["epoch"] and a["global_step"] == b["global_step"] > 0, (a["global_step"], b["global_step"])
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+
+
+def test_resume_mid_epoch_gives_the_uninterrupted_result(tone_corpus, tmp_path):
+    """Interrupted partway through an epoch, resumed, the run ends with the weights of one never
+    interrupted: (1) stopped by ``training.max_steps`` and resumed into a new folder through
+    ``training.ckpt_path``; (2) crashed, with ``last.ckpt`` written every step
+    (``training.last_every_minutes=0``), and resumed from it. The skipped batches are the
+    epoch's own: without :func:`~sonus.train.callbacks.resume_loader_position` the resumed epoch
+    would start over on batches it already trained on."""
+    common = [f"data.train_manifest={tone_corpus['train']}", f"data.dev_manifest={tone_corpus['dev']}", *TINY, "training.num_epochs=2"]
+    once = tmp_path / "once"
+    train(compose("train", [*common, f"training.output_dir={once}"]))
+    steps = torch.load(once / "last.ckpt", weights_only=True)["global_step"]
+    per_epoch = steps // 2
+    assert per_epoch >= 4, steps
+    stop = per_epoch + per_epoch // 2  # in the second epoch
+
+    first, second = tmp_path / "stopped", tmp_path / "continued"
+    train(compose("train", [*common, f"training.output_dir={first}", f"training.max_steps={stop}"]))
+    assert torch.load(first / "last.ckpt", weights_only=True)["global_step"] == stop
+    train(compose("train", [*common, f"training.output_dir={second}", f"training.ckpt_path={first / 'last.ckpt'}"]))
+    _same_weights(once / "last.ckpt", second / "last.ckpt")
+
+    crashed = tmp_path / "crashed"
+    every_step = [*common, f"training.output_dir={crashed}", "training.last_every_minutes=0"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(compose("train", every_step), callbacks=[_Crash(at=per_epoch // 2)])  # in the first epoch
+    assert torch.load(crashed / "last.ckpt", weights_only=True)["global_step"] == per_epoch // 2 - 1
+    train(compose("train", every_step))  # resumes from last.ckpt
+    _same_weights(once / "last.ckpt", crashed / "last.ckpt")
+
+
+def test_gradient_accumulation_steps_once_per_k_batches(tone_corpus, tmp_path):
+    """training.accumulate_grad_batches=3: one optimizer step per 3 batches (and one for an epoch's
+    remainder), the learning-rate schedule counting optimizer steps; the run still learns."""
+    import math
+
+    from sonus.data.manifest import read_manifest
+    from sonus.data.sampler import DurationBucketSampler
+
+    out = tmp_path / "accumulate"
+    train(compose("train", [
+        f"data.train_manifest={tone_corpus['train']}", f"data.dev_manifest={tone_corpus['dev']}", f"training.output_dir={out}",
+        *TINY, "training.num_epochs=3", "training.accumulate_grad_batches=3",
+    ]))  # fmt: skip
+    batches = len(DurationBucketSampler([u.duration for u in read_manifest(tone_corpus["train"])], 30.0, 16))
+    assert batches >= 6, batches
+    raw = torch.load(out / "last.ckpt", weights_only=True)
+    assert raw["global_step"] == 3 * math.ceil(batches / 3), (raw["global_step"], batches)
+    scalars = _scalars(out / "tensorboard")
+    assert scalars["lr"][-1] == pytest.approx(3e-3 * min(1.0, (raw["global_step"]) / 20), rel=0.2)  # warmup counts optimizer steps
+    assert scalars["val/loss_total"][-1] < scalars["val/loss_total"][0]
+
+
+def test_wandb_offline_logs_beside_tensorboard(tone_corpus, tmp_path):
+    """wandb.enabled=true (offline: no key, no network) and TensorBoard together: both get the
+    scalars, W&B the attention plots too. Two trainings in one process (a sweep's trials) get a
+    W&B run each, each finished with its records written."""
+    tiny = [o for o in TINY if not o.startswith("wandb.")]
+    for name in ("first", "second"):
+        out = tmp_path / name
+        train(compose("train", [
+            f"data.train_manifest={tone_corpus['train']}", f"data.dev_manifest={tone_corpus['dev']}", f"training.output_dir={out}",
+            *tiny, "training.num_epochs=2", "wandb.enabled=true", "wandb.mode=offline",
+        ]))  # fmt: skip
+        assert "val/loss_total" in _scalars(out / "tensorboard")
+        runs = list((out / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, runs
+        records = b"".join(f.read_bytes() for f in runs[0].glob("*.wandb"))  # protobuf records: key names are plain bytes
+        for key in ("val/loss_total", "train/loss_rnnt", "val/wer_2pass"):
+            assert key.encode() in records, (name, key)
+        assert list((runs[0] / "files" / "media" / "images").rglob("attention*.png")), name

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from sonus.data.sampler import DurationBucketSampler
+from sonus.data.sampler import DurationBucketSampler, EpochSampler
 
 
 def _durations(n=500, seed=0):
@@ -83,3 +83,32 @@ def test_a_fraction_sorts_the_start_of_an_epoch_only():
     s.set_epoch(1)
     plain.set_epoch(1)
     assert list(s) == list(plain)  # later epochs as without it
+
+
+def test_resume_skips_into_the_epoch_once():
+    """A run resumed mid-epoch: the next iteration is the rest of the same epoch, len() stays the
+    epoch's (the trainer counts the skipped batches as done), and the epoch after is whole."""
+    s = DurationBucketSampler(_durations(), max_duration=30.0, seed=3, num_replicas=2, rank=1)
+    s.set_epoch(1)
+    whole = list(s)
+    s.resume(7)
+    assert len(s) == len(whole) and list(s) == whole[7:]
+    assert list(s) == whole
+    s.resume(len(whole))
+    assert list(s) == []
+    with pytest.raises(ValueError, match="cannot resume after"):
+        s.resume(len(whole) + 1)
+
+
+def test_epoch_sampler_shuffles_per_epoch_from_its_seed_and_resumes():
+    data = list(range(50))
+    a, b = EpochSampler(data, seed=4), EpochSampler(data, seed=4)
+    e0 = list(a)
+    assert sorted(e0) == data and e0 != data and list(b) == e0  # the seed's, not the global stream's
+    a.set_epoch(1)
+    e1 = list(a)
+    assert e1 != e0 and sorted(e1) == data
+    a.resume(12)
+    assert list(a) == e1[12:] and len(a) == 50
+    halves = [list(EpochSampler(data, num_replicas=2, rank=r, seed=4)) for r in (0, 1)]
+    assert sorted(halves[0] + halves[1]) == data

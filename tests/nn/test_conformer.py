@@ -130,3 +130,24 @@ def test_two_pass_model_with_conformer_trains_and_reloads(tmp_path):
     assert loaded.cfg.encoder.kind == "conformer" and loaded.cfg.encoder.conformer == conf
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode(wave, wl).enc, model.encode(wave, wl).enc)
+
+
+def test_nemo_att_context_size_maps_to_chunks():
+    """NeMo's att_context_size=[left, right] (chunked_limited): chunks of right + 1 frames,
+    left / (right + 1) chunks back; through the config as model.conformer.att_context_size."""
+    from sonus.asr.train import conformer_config_from
+    from sonus.cli import compose
+    from sonus.nn.conformer import chunking_from_att_context
+
+    assert chunking_from_att_context(16, 3) == (4, 4)
+    assert chunking_from_att_context(-1, 1) == (2, -1)
+    assert chunking_from_att_context(0, 0) == (1, 0)
+    assert chunking_from_att_context(-1, -1) == (0, -1)
+    for bad, match in (((10, 3), "multiple of the chunk"), ((8, -1), "does not stream"), ((-2, 3), ">= 0, or -1")):
+        with pytest.raises(ValueError, match=match):
+            chunking_from_att_context(*bad)
+    cfg = compose("train", ["model.encoder=conformer", "model.conformer.att_context_size=[24,5]"])
+    c = conformer_config_from(cfg.model)
+    assert (c.chunk_size, c.left_chunks) == (6, 4)
+    c = conformer_config_from(compose("train", ["model.encoder=conformer"]).model)
+    assert (c.chunk_size, c.left_chunks) == (4, -1)  # the config's own keys when it is not given

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -67,8 +69,10 @@ def test_short_inputs_go_in_one_pass_and_bad_overlap_is_named():
 def test_budget_decay_needs_a_budget():
     with pytest.raises(ValueError, match="time_budget_minutes"):
         SepOptimConfig(decay="budget")
-    with pytest.raises(ValueError, match="plateau or budget"):
-        SepOptimConfig(decay="noam")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="total_steps"):
+        SepOptimConfig(decay="cosine")
+    with pytest.raises(ValueError, match="plateau, noam, cosine"):
+        SepOptimConfig(decay="step")  # type: ignore[arg-type]
 
 
 def test_budget_decay_schedules_per_step_without_a_plateau():
@@ -82,3 +86,25 @@ def test_budget_decay_schedules_per_step_without_a_plateau():
     assert out["optimizer"].param_groups[0]["lr"] == pytest.approx(1e-3)  # full rate at the start of the budget
     plateau = SeparationLightning(model, SepOptimConfig(), SepTrainOptions()).configure_optimizers()[1][0]["scheduler"]
     assert isinstance(plateau, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+@pytest.mark.parametrize("decay", ["noam", "cosine"])
+def test_step_schedules_of_every_task_drive_separation(decay):
+    """The warmup + noam / cosine decay ASR uses, per optimizer step: warmup to the full rate,
+    then down (cosine to 5% at total_steps)."""
+    from sonus.separation.lightning import SeparationLightning, SepTrainOptions
+
+    model = torch.nn.Linear(2, 2)
+    cfg = SepOptimConfig(lr=1e-3, warmup_steps=10, decay=decay, total_steps=100)
+    out = SeparationLightning(model, cfg, SepTrainOptions()).configure_optimizers()
+    opt, sched = out["optimizer"], out["lr_scheduler"]["scheduler"]
+    assert out["lr_scheduler"]["interval"] == "step"
+    rates = []
+    for _ in range(100):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates[0] == pytest.approx(1e-4) and max(rates) == pytest.approx(1e-3) == rates[9]
+    assert rates[-1] < 0.5e-3 and all(a >= b for a, b in itertools.pairwise(rates[9:]))
+    if decay == "cosine":
+        assert rates[-1] == pytest.approx(0.05e-3, rel=0.05)
