@@ -4,6 +4,7 @@
     python benchmarks/train_step.py --experiments demo --vocab 256 --steps 8 --compile
     python benchmarks/train_step.py --device cuda --steps 20 --repeats 3 --compile
     python benchmarks/train_step.py --device cuda --experiments demo --batch-size 128 --max-duration 320
+    python benchmarks/train_step.py --experiments demo --steps 10 --repeats 3 --breakdown
 
 For each experiment the model is built from its config with a SentencePiece tokenizer of
 ``--vocab`` pieces (``--tokenizer``, unigram by default, also where the experiment itself
@@ -17,7 +18,9 @@ setting in turn, ``--repeats`` rounds, and its fastest round counts, so that dri
 machine's speed does not favour one setting. The sampler's padding waste (padded frames /
 all frames over one epoch) is printed first. On ``--device cuda`` a step's time is taken after
 a device synchronisation, fp32 means true fp32 (TF32 off), and the peak of allocated device
-memory over a setting's steps is printed too.
+memory over a setting's steps is printed too. ``--breakdown`` then times each part of the step
+on its own (features, encoder, predictor, transducer loss, LAS, clipping + Adam), to show
+where the settings differ and what they share.
 """
 
 from __future__ import annotations
@@ -85,7 +88,96 @@ def make_step(model, bf16: bool):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
 
+    step.model = model
     return step
+
+
+def step_parts(model, bf16: bool, batches: list) -> dict[str, Callable[[Any], None]]:
+    """The parts of :func:`make_step`'s step, each timed on its own (``--breakdown``): log-mel
+    features (and SpecAugment), the encoder, the predictor, the transducer loss (simple loss,
+    joiner and pruned loss, or the full joint and loss), LAS, clipping + Adam. A part that has
+    parameters runs forward + backward, from inputs computed beforehand for each of ``batches``
+    (the encoder's from the features, the losses' from the encoder and predictor outputs as
+    leaves); a stand-in loss (the mean square of its output) backs the encoder and predictor.
+    The parts add up to about a step."""
+    from sonus.asr.las import las_loss
+    from sonus.asr.model import transducer_loss
+    from sonus.train.optim import adam
+
+    device_type = next(model.parameters()).device.type
+
+    def autocast():
+        return torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16)
+
+    inputs = {}  # id(batch) -> (features, lengths, encoder output, its lengths, predictor output)
+    with torch.no_grad(), autocast():
+        for b in batches:
+            feats, lengths = model.features(b.wave, b.wave_lengths)
+            enc, enc_lengths = model.encoder(feats, lengths)
+            inputs[id(b)] = (feats, lengths, enc, enc_lengths, model.predictor(b.targets))
+
+    def features(b) -> None:
+        with autocast():
+            model.features(b.wave, b.wave_lengths)
+
+    def encoder(b) -> None:
+        feats, lengths, *_ = inputs[id(b)]
+        model.zero_grad(set_to_none=True)
+        with autocast():
+            out, _ = model.encoder(feats, lengths)
+        out.float().square().mean().backward()
+
+    def predictor(b) -> None:
+        model.zero_grad(set_to_none=True)
+        with autocast():
+            out = model.predictor(b.targets)
+        out.float().square().mean().backward()
+
+    def transducer(b) -> None:
+        _, _, enc, enc_lengths, pred = inputs[id(b)]
+        model.zero_grad(set_to_none=True)
+        enc, pred = enc.clone().requires_grad_(), pred.clone().requires_grad_()
+        with autocast():
+            loss, _ = transducer_loss(model.cfg.rnnt_loss, model.joiner, enc, enc_lengths, pred, b.targets, b.target_lengths,
+                                      None, model.simple_am, model.simple_lm)  # fmt: skip
+        loss.backward()
+
+    def las(b) -> None:
+        _, _, enc, enc_lengths, _ = inputs[id(b)]
+        model.zero_grad(set_to_none=True)
+        enc = enc.clone().requires_grad_()
+        with autocast():
+            loss = las_loss(model.las(enc, enc_lengths, b.targets), b.targets, b.target_lengths, 0.1)
+        loss.backward()
+
+    params = list(model.parameters())
+    grads = [torch.full_like(p, 1e-3) for p in params]
+    opt = adam(params, 1e-4)
+
+    def optimizer(b) -> None:
+        for p, g in zip(params, grads):
+            p.grad = g
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        opt.step()
+
+    return {"features": features, "encoder": encoder, "predictor": predictor, "transducer": transducer, "LAS": las, "clip + Adam": optimizer}
+
+
+def breakdown(exp: str, settings: list, batches: list, repeats: int, device: torch.device) -> None:
+    """Print where each setting's step goes (:func:`step_parts`), in ms, beside the whole step."""
+    rows, header = [], []
+    for loss, precision, compiled, step in settings:
+        if compiled:
+            continue
+        parts = step_parts(step.model, precision == "bf16", batches)
+        best, _ = interleaved([*parts.values(), step], batches, repeats, device)
+        rows.append((loss, precision, [1000 * sum(t) / len(t) for t in best]))
+        header = list(parts)
+    print(f"\n{exp}: ms per step by part (each forward + backward on its own; mean over the batches)")
+    print("| loss | precision | " + " | ".join(header) + " | sum of parts | step |")
+    print("|---|---|" + "---|" * (len(header) + 2))
+    for loss, precision, ms in rows:
+        print(f"| {loss} | {precision} | " + " | ".join(f"{v:.1f}" for v in ms[:-1]) + f" | {sum(ms[:-1]):.1f} | {ms[-1]:.1f} |")
 
 
 def main() -> None:
@@ -102,6 +194,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--batch-size", type=int, default=None, help="utterances per batch (default: the experiment's)")
     ap.add_argument("--max-duration", type=float, default=None, help="padded seconds per batch (default: the experiment's)")
+    ap.add_argument("--breakdown", action="store_true", help="also time each part of the step on its own (features, encoder, ...)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -156,6 +249,8 @@ def main() -> None:
             wall = sum(times)
             rows.append((exp, loss, precision, "on" if compiled else "off", wall / a.steps, audio_s / wall, gb))
             print(f"  {exp} {loss} {precision} compile={'on' if compiled else 'off'}: {wall / a.steps:.3f} s/step, {audio_s / wall:.1f} audio s/s", flush=True)
+        if a.breakdown:
+            breakdown(exp, settings, chosen, a.repeats, dev)
         del settings
 
     used = ", ".join(f"{e}: {v}" for e, v in vocab.items())

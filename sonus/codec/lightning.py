@@ -26,21 +26,26 @@ from sonus.codec.loss import DEFAULT_WEIGHTS, codec_losses, total_loss
 from sonus.codec.model import SpeechTokenizer
 from sonus.metrics.codebook import CodebookCounter
 from sonus.metrics.signal import si_sdr
+from sonus.train.callbacks import budget_clock
 from sonus.train.checkpoint import load_training_state, save_training_state
 from sonus.train.loggers import log_image
 from sonus.train.optim import adam, clip_gradients, fused_allowed
 from sonus.train.plots import plot_curves, plot_spectrograms
-from sonus.train.schedule import warmup_decay
+from sonus.train.schedule import Decay, warmup_decay
 
 
 @dataclass(frozen=True)
 class CodecOptimConfig:
-    """AdamW with linear warmup and cosine decay (the brief: 1e-4, weight decay 0.01)."""
+    """AdamW with linear warmup, then ``decay`` (:func:`~sonus.train.schedule.warmup_decay`, the
+    schedules every task shares): cosine to ``total_steps`` by default (the brief: 1e-4, weight
+    decay 0.01), or noam, exponential, constant, budget (over ``budget_seconds``)."""
 
     lr: float = 1e-4
     weight_decay: float = 0.01
     warmup_steps: int = 500
     total_steps: int = 100_000
+    decay: Decay = "cosine"
+    budget_seconds: float | None = None  # decay="budget": the run's time budget
 
 
 @dataclass(frozen=True)
@@ -174,7 +179,8 @@ class CodecLightning(pl.LightningModule):
     def configure_optimizers(self):
         c = self.optim_cfg
         opt = adam(self.model.parameters(), c.lr, c.weight_decay, decoupled=True, fused=fused_allowed(self))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_decay(c.warmup_steps, "cosine", c.total_steps))
+        factor = warmup_decay(c.warmup_steps, c.decay, c.total_steps, budget_seconds=c.budget_seconds, elapsed=budget_clock(self))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         adv = self.opts.adversarial
         if adv is None:
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -21,6 +21,7 @@ from sonus.codec.quantize import RVQConfig
 from sonus.data.audio_dataset import AudioSegmentDataset, split_utterances
 from sonus.data.manifest import Utterance, read_manifest
 from sonus.data.sampler import EpochSampler
+from sonus.train.schedule import budget_seconds
 from sonus.train.trainer import RunData, build_trainer, resume_path, start_run
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,10 @@ def train(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
     train_dl = DataLoader(train_ds, int(t.batch_size), sampler=sampler, num_workers=nw, drop_last=True,
                           generator=torch.Generator().manual_seed(seed))  # fmt: skip  (own generator: see asr.train)
     val_dl = DataLoader(val_ds, int(t.batch_size), sampler=DistributedSampler(val_ds, world, rank, shuffle=False) if world > 1 else None, num_workers=nw)
-    optim = CodecOptimConfig(lr=float(t.lr), weight_decay=float(t.weight_decay), warmup_steps=int(t.warmup_steps), total_steps=int(t.total_steps))
+    optim = CodecOptimConfig(
+        lr=float(t.lr), weight_decay=float(t.weight_decay), warmup_steps=int(t.warmup_steps), total_steps=int(t.total_steps),
+        decay=t.get("lr_decay") or "cosine", budget_seconds=budget_seconds(t),
+    )  # fmt: skip
     opts = CodecTrainOptions(weights=dict(cfg.model.loss_weights), plot_dir=str(out / "plots"), adversarial=adversarial, grad_clip=float(t.grad_clip))
     module = CodecLightning(model, optim, opts)
     ckpt = resume_path(t, out)

@@ -81,3 +81,21 @@ def test_codebook_statistics_on_a_hand_made_case():
     assert u.entropy[0] == pytest.approx(1.0) and u.entropy[1] == pytest.approx(1.0 / 2)  # two codes, equally often: 1 bit of 2
     with pytest.raises(ValueError, match="do not fit"):
         c.update(torch.tensor([[4, 0, 0, 0], [0, 0, 0, 0]]))
+
+
+@pytest.mark.parametrize("decay", ["cosine", "noam"])
+def test_learning_rate_schedules_are_the_shared_ones(decay):
+    """training.lr_decay for the codec: the warmup + decay every task uses (cosine by default), per step."""
+    from sonus.codec.lightning import CodecLightning, CodecOptimConfig, CodecTrainOptions
+
+    module = CodecLightning(SpeechTokenizer(tiny()), CodecOptimConfig(lr=1e-3, warmup_steps=10, total_steps=50, decay=decay), CodecTrainOptions())
+    out = module.configure_optimizers()
+    opt, sched = out["optimizer"], out["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(50):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3) == max(rates)
+    final = 0.05e-3 if decay == "cosine" else 1e-3 * (10 / 50) ** 0.5  # noam: (warmup / step) ** 0.5
+    assert rates[-1] == pytest.approx(final, rel=0.05)
