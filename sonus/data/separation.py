@@ -9,12 +9,18 @@ Shapes: B batch, C sources (targets), T samples.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+
+log = logging.getLogger(__name__)
+
+# A curriculum over MM-IPC variants: (first epoch, allowed variants) stages, sorted by epoch.
+Curriculum = tuple[tuple[int, tuple[str, ...]], ...]
 
 
 @dataclass(frozen=True)
@@ -156,4 +162,46 @@ class LimitedDataset(Dataset):
     def __getitem__(self, index: int) -> SeparationExample:
         if not 0 <= index < self.n:
             raise IndexError(index)
+        return self.dataset[index]
+
+
+def active_variants(curriculum: Curriculum, epoch: int) -> tuple[str, ...] | None:
+    """The variants the curriculum allows at ``epoch`` (None: no stage yet, all allowed)."""
+    allowed = None
+    for start, variants in curriculum:
+        if epoch >= start:
+            allowed = variants
+    return allowed
+
+
+class CurriculumDataset(Dataset):
+    """A training set that draws its variants from the curriculum's stage for the epoch.
+
+    ``dataset``, or the set it wraps (:class:`SegmentedDataset`, :class:`LimitedDataset`), must
+    take ``set_curriculum`` (PolSESS). The stage follows ``set_epoch``, which the trainer calls
+    before each epoch's loader iterator (and its workers' copies of the set) is made, also for
+    the epoch a resumed run starts in, partway through or not
+    (:class:`~sonus.train.callbacks.SamplerEpoch`, :class:`~sonus.train.trainer.RunData`).
+    """
+
+    def __init__(self, dataset: Dataset, curriculum: Curriculum) -> None:
+        target = dataset
+        while not hasattr(target, "set_curriculum"):
+            target = getattr(target, "dataset", None)
+            if target is None:
+                raise ValueError("data.curriculum needs a dataset of MM-IPC variants (data=polsess)")
+        self.dataset, self.target, self.curriculum = dataset, target, curriculum
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        stage = active_variants(self.curriculum, epoch)
+        if stage is not None and stage != self.target.stage:
+            log.info("epoch %d: curriculum variants %s", epoch, ",".join(stage))
+        self.target.set_curriculum(stage)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> SeparationExample:
         return self.dataset[index]

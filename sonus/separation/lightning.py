@@ -7,7 +7,6 @@ mixed precision (:mod:`sonus.metrics.signal`).
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +26,6 @@ from sonus.train.loggers import log_image
 from sonus.train.optim import FusedClipping, adam, fused_allowed
 from sonus.train.plots import plot_curves, plot_spectrograms
 from sonus.train.schedule import warmup_decay
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,18 +60,7 @@ class SepTrainOptions:
     sample_rate: int = 8000
     plot_dir: str | None = None
     compile: bool = False  # torch.compile the model's forward (the state dict keeps plain names)
-    # Curriculum over PolSESS MM-IPC variants: (first epoch, allowed variants), sorted by epoch.
-    curriculum: tuple[tuple[int, tuple[str, ...]], ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)  # stored in checkpoints (e.g. the data config)
-
-
-def active_variants(curriculum: tuple[tuple[int, tuple[str, ...]], ...], epoch: int) -> tuple[str, ...] | None:
-    """The variants the curriculum allows at ``epoch`` (None: no curriculum, all allowed)."""
-    allowed = None
-    for start, variants in curriculum:
-        if epoch >= start:
-            allowed = variants
-    return allowed
 
 
 class SeparationLightning(FusedClipping, pl.LightningModule):
@@ -90,17 +76,6 @@ class SeparationLightning(FusedClipping, pl.LightningModule):
         return self._forward(mix)
 
     # -- training -------------------------------------------------------------------------------
-    def on_train_epoch_start(self) -> None:
-        """Tell the training set the curriculum's variants (its epoch: :class:`~sonus.train.callbacks.SamplerEpoch`)."""
-        ds = getattr(self.trainer.train_dataloader, "dataset", None)
-        if ds is None:
-            return
-        stage = active_variants(self.opts.curriculum, self.current_epoch)
-        if stage is not None and hasattr(ds, "set_curriculum"):
-            if getattr(ds, "stage", None) != stage:
-                log.info("epoch %d: curriculum variants %s", self.current_epoch, ",".join(stage))
-            ds.set_curriculum(stage)
-
     def training_step(self, batch: SeparationBatch, batch_idx: int) -> torch.Tensor:
         est = self(batch.mix)
         res = pit(est, batch.sources, self.opts.loss, batch.lengths)

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler
 
 from sonus.data.sampler import EpochSampler
-from sonus.data.separation import collate_separation
+from sonus.data.separation import Curriculum, CurriculumDataset, collate_separation
 from sonus.separation.config import build_dataset
 from sonus.separation.lightning import (
     SeparationLightning,
@@ -25,7 +25,7 @@ from sonus.train.trainer import RunData, build_trainer, resume_path, start_run
 log = logging.getLogger(__name__)
 
 
-def curriculum_from(spec) -> tuple[tuple[int, tuple[str, ...]], ...]:
+def curriculum_from(spec) -> Curriculum:
     """``[[first_epoch, [variants...]], ...]`` -> sorted tuples; validated (epochs >= 0, non-empty stages)."""
     if not spec:
         return ()
@@ -44,6 +44,9 @@ def train(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
     d = OmegaConf.to_container(cfg.data, resolve=True)
     t = cfg.training
     train_ds = build_dataset(d, "train", seed)
+    curriculum = curriculum_from(d.get("curriculum"))
+    if curriculum:
+        train_ds = CurriculumDataset(train_ds, curriculum)
     val_ds = build_dataset(d, "val", seed)
     model = build_model(cfg.model.name, OmegaConf.to_container(cfg.model.get("params") or {}, resolve=True))
     log.info("%s: %.2fM parameters; train %d, val %d mixtures", cfg.model.name, sum(p.numel() for p in model.parameters()) / 1e6, len(train_ds), len(val_ds))
@@ -66,7 +69,7 @@ def train(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
     )  # fmt: skip
     opts = SepTrainOptions(
         loss=t.get("loss", "si_sdr"), sample_rate=int(d.get("sample_rate", 8000)), plot_dir=str(out / "plots"),
-        compile=bool(t.get("compile", False)), curriculum=curriculum_from(d.get("curriculum")), extra={"data": d},
+        compile=bool(t.get("compile", False)), extra={"data": d},
     )  # fmt: skip
     module = SeparationLightning(model, optim, opts)
     ckpt = resume_path(t, out)

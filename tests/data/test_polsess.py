@@ -369,3 +369,22 @@ def test_curriculum_stage_restricts_training_draws(tmp_path):
     assert seen - {"C", "S"}
     with pytest.raises(ValueError, match="subset"):
         PolSESSDataset(root, "train", allowed_variants=["SER", "C"]).set_curriculum(["S"])
+
+
+def test_curriculum_follows_the_epoch_through_wrappers(tmp_path):
+    """CurriculumDataset: set_epoch (what the trainer calls before each epoch's loader, also for a
+    resumed run's first epoch) sets the stage of the PolSESS set under a SegmentedDataset."""
+    from sonus.data.separation import CurriculumDataset, SegmentedDataset
+
+    root = make_mini_polsess(tmp_path, n_per_split=6)
+    inner = PolSESSDataset(root, "train")
+    ds = CurriculumDataset(SegmentedDataset(inner, 4000, random=True), ((0, ("C", "R")), (2, ("SE", "SER"))))  # outdoor, indoor
+    for epoch, stage in ((0, ("C", "R")), (1, ("C", "R")), (2, ("SE", "SER")), (5, ("SE", "SER"))):
+        ds.set_epoch(epoch)
+        assert inner.stage == stage and inner.epoch == epoch
+        assert {ds[i].variant for i in range(len(ds))} <= set(stage)
+    late = CurriculumDataset(inner, ((3, ("C",)),))
+    late.set_epoch(0)
+    assert inner.stage is None  # before the first stage: every variant
+    with pytest.raises(ValueError, match="data=polsess"):
+        CurriculumDataset(SegmentedDataset(torch.utils.data.TensorDataset(torch.zeros(3)), 10, False), ((0, ("C",)),))

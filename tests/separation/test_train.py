@@ -92,3 +92,18 @@ def test_not_a_separation_checkpoint(tmp_path):
     torch.save({"state_dict": {}, "sonus": {"task": "asr"}}, bad)
     with pytest.raises(RuntimeError, match="not a sonus separation checkpoint"):
         load_separator(bad)
+
+
+def test_resume_mid_epoch_continues_from_last(trained, tmp_path):
+    """Stopped by training.max_steps in the middle of an epoch (2 batches an epoch, 3 steps) and
+    resumed: the shuffle (EpochSampler) skips the batch already trained on, so the run ends
+    where an uninterrupted one ends."""
+    root, out = trained
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main([*_train_args(root, a, 3), "training.max_steps=3"]) == 0
+    assert torch.load(a / "last.ckpt", weights_only=True)["global_step"] == 3
+    assert main(_train_args(root, a, 3)) == 0
+    assert main(_train_args(root, b, 3)) == 0
+    ca, cb = torch.load(a / "last.ckpt", weights_only=True), torch.load(b / "last.ckpt", weights_only=True)
+    assert ca["global_step"] == cb["global_step"] == 6
+    assert all(torch.allclose(ca["state_dict"][k], cb["state_dict"][k], atol=1e-6) for k in ca["state_dict"])
