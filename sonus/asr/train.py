@@ -39,7 +39,7 @@ from sonus.text.tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
-from sonus.train.schedule import budget_seconds
+from sonus.train.schedule import budget_seconds, optimizer_steps
 from sonus.train.trainer import RunData, build_trainer, resume_path, start_run
 
 log = logging.getLogger(__name__)
@@ -216,8 +216,10 @@ def train(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
     train_dl = DataLoader(train_ds, batch_sampler=train_sampler, collate_fn=collate, num_workers=nw, persistent_workers=nw > 0,
                           generator=torch.Generator().manual_seed(int(cfg.seed)))  # fmt: skip
     dev_dl = DataLoader(dev_ds, batch_sampler=dev_sampler, collate_fn=collate, num_workers=nw, persistent_workers=nw > 0)
-    total = len(train_sampler) * int(t.num_epochs) // int(t.get("accumulate_grad_batches", 1))
-    optim = OptimConfig(lr=float(t.lr), warmup_steps=int(t.warmup_steps), decay=t.lr_decay, total_steps=total, budget_seconds=budget_seconds(t))
+    optim = OptimConfig(
+        lr=float(t.lr), warmup_steps=int(t.warmup_steps), decay=t.lr_decay, total_steps=optimizer_steps(t, len(train_sampler)),
+        budget_seconds=budget_seconds(t),
+    )  # fmt: skip
     opts = TrainOptions(
         loss_weights=dict(cfg.model.loss_weights),
         label_smoothing=float(cfg.model.label_smoothing),

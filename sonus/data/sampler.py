@@ -15,7 +15,24 @@ from collections.abc import Iterator, Sequence
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 
-class DurationBucketSampler(Sampler[list[int]]):
+class _Resumable:
+    """``resume(done)``: the next iteration yields the current epoch after its first ``done``
+    entries (a run resumed from a checkpoint written mid-epoch); later iterations are whole
+    epochs. ``len()`` stays the whole epoch's, as the trainer's batch count expects."""
+
+    _skip = 0
+
+    def resume(self, done: int) -> None:
+        if not 0 <= done <= len(self):  # type: ignore[arg-type]
+            raise ValueError(f"cannot resume after {done} of an epoch of {len(self)}")  # type: ignore[arg-type]
+        self._skip = done
+
+    def _rest(self, epoch: list) -> Iterator:
+        skip, self._skip = self._skip, 0
+        return iter(epoch[skip:])
+
+
+class DurationBucketSampler(_Resumable, Sampler[list[int]]):
     """Yields lists of indices.
 
     Args:
@@ -62,18 +79,9 @@ class DurationBucketSampler(Sampler[list[int]]):
         self.num_replicas, self.rank, self.drop_last = num_replicas, rank, drop_last
         self.sorted_epochs = sorted_epochs
         self.epoch = 0
-        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-
-    def resume(self, batches_done: int) -> None:
-        """The next iteration yields the current epoch's batches after its first ``batches_done``
-        (a run resumed from a checkpoint written mid-epoch); later iterations are whole epochs.
-        ``len()`` stays the whole epoch's, as the trainer's batch count expects."""
-        if not 0 <= batches_done <= len(self):
-            raise ValueError(f"cannot resume after {batches_done} batches of an epoch of {len(self)}")
-        self._skip = batches_done
 
     def _batches(self) -> list[list[int]]:
         rng = random.Random(self.seed + self.epoch)
@@ -107,8 +115,7 @@ class DurationBucketSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        skip, self._skip = self._skip, 0
-        return iter(self._batches()[skip:])
+        return self._rest(self._batches())  # resume(batches)
 
     def __len__(self) -> int:
         return len(self._batches())
@@ -123,9 +130,9 @@ class DurationBucketSampler(Sampler[list[int]]):
         return padded / total if total else 0.0
 
 
-class EpochSampler(DistributedSampler):
+class EpochSampler(_Resumable, DistributedSampler):
     """``DistributedSampler``'s shuffle, drawn from ``seed`` and the epoch (not from the global
-    random stream), also for a single process; :meth:`resume` skips into it.
+    random stream), also for a single process; ``resume(items)`` skips into it.
 
     Args:
         dataset: anything with ``len()``.
@@ -135,15 +142,6 @@ class EpochSampler(DistributedSampler):
 
     def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
-        self._skip = 0
-
-    def resume(self, items_done: int) -> None:
-        """The next iteration starts after the current epoch's first ``items_done`` items (a run
-        resumed mid-epoch: batches done x batch size); later iterations are whole epochs."""
-        if not 0 <= items_done <= len(self):
-            raise ValueError(f"cannot resume after {items_done} items of an epoch of {len(self)}")
-        self._skip = items_done
 
     def __iter__(self) -> Iterator[int]:
-        skip, self._skip = self._skip, 0
-        return iter(list(super().__iter__())[skip:])
+        return self._rest(list(super().__iter__()))  # resume(items): batches done x batch size

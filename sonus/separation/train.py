@@ -19,7 +19,7 @@ from sonus.separation.lightning import (
     SepTrainOptions,
 )
 from sonus.separation.models import build_model
-from sonus.train.schedule import budget_seconds
+from sonus.train.schedule import budget_seconds, optimizer_steps
 from sonus.train.trainer import RunData, build_trainer, resume_path, start_run
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def train(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
         lr=float(t.lr), weight_decay=float(t.weight_decay), warmup_steps=int(t.get("warmup_steps", 0)),
         plateau_factor=float(t.get("plateau_factor", 0.5)), plateau_patience=int(t.get("plateau_patience", 2)),
         decay=t.get("lr_decay") or "plateau", budget_seconds=budget_seconds(t),
-        total_steps=len(train_dl) * int(t.num_epochs) // int(t.get("accumulate_grad_batches", 1)),
+        total_steps=optimizer_steps(t, len(train_dl)),
     )  # fmt: skip
     opts = SepTrainOptions(
         loss=t.get("loss", "si_sdr"), sample_rate=int(d.get("sample_rate", 8000)), plot_dir=str(out / "plots"),

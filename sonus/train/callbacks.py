@@ -157,15 +157,18 @@ class SaveLast(Checkpoint):
         if due or 0 < trainer.max_steps <= trainer.global_step:
             self._save(trainer)
 
+    @staticmethod
+    def _epoch_done(trainer: pl.Trainer) -> bool:
+        return trainer.fit_loop.epoch_loop.batch_progress.current.completed >= trainer.num_training_batches
+
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        if trainer.fit_loop.epoch_loop.batch_progress.current.completed < trainer.num_training_batches:
-            self._save(trainer)  # (at an epoch's last batch, the epoch's end writes it)
+        if not self._epoch_done(trainer):  # (at an epoch's last batch, the epoch's end writes it)
+            self._save(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        ran_all = trainer.fit_loop.epoch_loop.batch_progress.current.completed >= trainer.num_training_batches
-        if ran_all or not self._fresh:
+        if self._epoch_done(trainer) or not self._fresh:
             self._save(trainer)
 
 

@@ -77,3 +77,9 @@ def budget_seconds(training) -> float | None:
     if training.get("lr_decay") == "budget" and seconds is None:
         raise ValueError("training.lr_decay=budget decays over the time budget: set training.time_budget_minutes")
     return seconds
+
+
+def optimizer_steps(training, batches_per_epoch: int) -> int:
+    """Optimizer steps of the whole run (``training.num_epochs``, ``accumulate_grad_batches``):
+    the length of a cosine decay."""
+    return batches_per_epoch * int(training.num_epochs) // int(training.get("accumulate_grad_batches", 1))
