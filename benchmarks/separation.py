@@ -3,6 +3,8 @@
     python benchmarks/separation.py --minutes 60 --models convtasnet      # the issue 5 target run
     python benchmarks/separation.py --minutes 10                          # all four, 10 minutes each
     python benchmarks/separation.py --rtf-only                            # parameters and RTF, no training
+    python benchmarks/separation.py --models convtasnet --fsdd 0.2 training.compile=true \
+        data.dynamic_mixing.random_eq_db=6                                # FSDD's voices, random EQ, compiled steps
 
 Data (8 kHz, 2 speakers + noise, LibriMix loudness): ``../shared/data/librispeech-mini``
 speakers are split as ``sonus prepare librimix`` splits them (3 test and 2 dev speakers held
@@ -76,6 +78,18 @@ def prepare(data: Path) -> Path:
         prepare_librimix(SOURCE, root, sample_rate=8000, mode="min", train_mixtures=0, dev_mixtures=40, test_mixtures=100,
                          noise_dir=folders["test"], dev_speakers=2, test_speakers=3, seed=42, overwrite=True)  # fmt: skip
     return root
+
+
+def fsdd_pool(data: Path, share: float) -> list[str]:
+    """Overrides that add the Free Spoken Digit Dataset's speakers (none of them in dev or test)
+    to the training voices with ``share`` of the draws, their digits strung together to the crop."""
+    from sonus.data.manifest import write_manifest
+    from sonus.data.recipes.fsdd import scan_fsdd
+
+    manifest = data / "fsdd_all.jsonl"
+    if not manifest.is_file():
+        write_manifest(manifest, scan_fsdd(SHARED / "fsdd"), relative=False)
+    return [f"data.dynamic_mixing.extra=[{{manifest:{manifest},share:{share}}}]", "data.dynamic_mixing.fill_short=true"]
 
 
 def rtf(name: str, seconds: float = 10.0, sample_rate: int = 8000) -> tuple[int, float]:
@@ -153,6 +167,8 @@ def main() -> None:
     ap.add_argument("--rtf-only", action="store_true")
     ap.add_argument("--chunk-seconds", type=float, default=None,
                     help="also score the test set separated in chunks of this length, stitched (sonus evaluate ... chunk_seconds=)")
+    ap.add_argument("--fsdd", type=float, default=None, metavar="SHARE",
+                    help="also mix FSDD's 5 speakers (digits strung together) into training, with this share of the speakers drawn")
     ap.add_argument("--full-metrics", action="store_true", help="also SDR, PESQ-nb and STOI on the test set")
     ap.add_argument("overrides", nargs="*", help="extra `sonus train` overrides for every model")
     a = ap.parse_args()
@@ -168,6 +184,8 @@ def main() -> None:
     if not a.rtf_only:
         root = prepare(Path(a.data))
         os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
+        if a.fsdd:
+            a.overrides = fsdd_pool(Path(a.data), a.fsdd) + a.overrides
         for name in names:
             rows[name].update(train_and_score(name, root, Path(a.data), out, a.minutes, a.threads, a.full_metrics, a.overrides, a.chunk_seconds))
             (out / "results.json").write_text(json.dumps(rows, indent=2))
@@ -178,9 +196,10 @@ def main() -> None:
     print("|" + "---|" * (len(keys) + 1))
     for name, r in rows.items():
         print(f"| {name} | " + " | ".join(f"{r[k]:.3f}" if k in ("rtf_1thread",) else f"{r[k]:.2f}" if k in r else "-" for k in keys) + " |")
-    best = max((r for r in rows.values() if "si_sdri" in r), key=lambda r: r["si_sdri"], default=None)
-    if best is not None:
-        print(f"best SI-SDRi {best['si_sdri']:.2f} dB (target >= 8 dB within 60 CPU minutes)")
+    scored = [r for r in rows.values() if "si_sdri" in r]
+    if scored:  # the dev set is one speaker pair: its choice of checkpoint is shown beside the last one
+        by_dev, last = max(r["si_sdri"] for r in scored), max(r["si_sdri_last"] for r in scored)
+        print(f"best SI-SDRi {by_dev:.2f} dB (checkpoint chosen on dev), {last:.2f} dB (last checkpoint); target >= 8 dB within 60 CPU minutes")
 
 
 if __name__ == "__main__":

@@ -90,6 +90,11 @@ class DynamicMixDataset(Dataset):
             and pitch move together, so the pool seems to hold more speakers. ``None``: off.
         speaker_weights: how likely each speaker is to be drawn (any positive scale), instead
             of its number of utterances; :meth:`from_pools` sets it.
+        fill: a source shorter than the crop (``cfg.segment``) is followed by more utterances of
+            its speaker, 0.05-0.3 s apart, until it is as long, so a pool of short utterances
+            (digits, commands) still gives full-length mixtures. ``False``: short sources stay.
+        eq_db: each source (and so its target) goes through :func:`~sonus.audio.augment.random_eq`
+            with gains up to +-``eq_db`` dB; ``None``: off.
 
     Raises:
         ValueError: an utterance lacks a speaker or audio, fewer than ``n_src`` speakers, or
@@ -108,12 +113,19 @@ class DynamicMixDataset(Dataset):
         noise_files: Sequence[str | os.PathLike] | None = None,
         speed_factors: Sequence[float] | None = None,
         speaker_weights: Mapping[str, float] | None = None,
+        fill: bool = False,
+        eq_db: float | None = None,
     ) -> None:
         if num_items < 1:
             raise ValueError(f"DynamicMixDataset: num_items must be >= 1, got {num_items}")
         if speed_factors is not None and (not speed_factors or min(speed_factors) <= 0):
             raise ValueError(f"DynamicMixDataset: speed_factors must be positive numbers, got {speed_factors}")
+        if eq_db is not None and not eq_db >= 0:
+            raise ValueError(f"DynamicMixDataset: eq_db must be >= 0 dB, got {eq_db}")
+        if fill and cfg.segment is None:
+            raise ValueError("DynamicMixDataset: fill lengthens sources to the crop, but MixConfig.segment is None")
         self.speed_factors = None if speed_factors is None else tuple(float(f) for f in speed_factors)
+        self.fill, self.eq_db = bool(fill), None if eq_db is None else float(eq_db)
         by_speaker: dict[str, list[Utterance]] = {}
         for u in utterances:
             if u.speaker is None or u.audio_filepath is None:
@@ -210,12 +222,41 @@ class DynamicMixDataset(Dataset):
         """Item ``index`` of this epoch with all its parts (any ``index >= 0``, also past ``len``)."""
         rng = self._rng(index)
         draw = self._draw(rng)
-        sources = [self.cache.get(u.audio_filepath or "", u.offset, u.duration if u.offset else None) for u in draw.utterances]
+        sources = [self._load(u) for u in draw.utterances]
+        if self.fill:
+            sources = [self._filled(s, u.speaker or "", rng) for s, u in zip(sources, draw.utterances)]
         if self.speed_factors is not None:  # a factor per source, drawn between the draw and the mixing's choices
             factors = [self.speed_factors[int(rng.integers(len(self.speed_factors)))] for _ in sources]
             sources = [augment.speed_perturb(torch.from_numpy(s), f, self.cfg.sample_rate).numpy() for s, f in zip(sources, factors)]
+        if self.eq_db is not None:  # on the crop (mix_sources then keeps it whole): filtering whole utterances costs 4x more
+            sources = [augment.random_eq(self._crop(s, rng), rng, self.cfg.sample_rate, self.eq_db) for s in sources]
         noise = None if draw.noise is None else self.cache.get(draw.noise)
         return draw, mix_sources(sources, noise, self.cfg, rng)
+
+    def _crop(self, source: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A random ``cfg.segment`` stretch of ``source`` (all of it if shorter, or without a segment)."""
+        n = None if self.cfg.segment is None else max(1, round(self.cfg.segment * self.cfg.sample_rate))  # as mix_sources
+        if n is None or source.shape[0] <= n:
+            return source
+        start = int(rng.integers(source.shape[0] - n + 1))
+        return source[start : start + n]
+
+    def _load(self, u: Utterance) -> np.ndarray:
+        return self.cache.get(u.audio_filepath or "", u.offset, u.duration if u.offset else None)
+
+    def _filled(self, source: np.ndarray, speaker: str, rng: np.random.Generator) -> np.ndarray:
+        """``source`` followed by more utterances of ``speaker`` (drawn from ``rng``), each after
+        a 0.05-0.3 s pause, until it is at least the crop long."""
+        sr = self.cfg.sample_rate
+        fastest = max(self.speed_factors or (1.0,))  # speed perturbation comes after and shortens a source up to this factor
+        want, parts, n = round(float(self.cfg.segment or 0) * sr * fastest), [source], source.shape[0]
+        pool = self.by_speaker[speaker]
+        while n < want:
+            pause = np.zeros(int(rng.uniform(0.05, 0.3) * sr), dtype=np.float32)
+            more = self._load(pool[int(rng.integers(len(pool)))])
+            parts += [pause, more]
+            n += pause.shape[0] + more.shape[0]
+        return source if len(parts) == 1 else np.concatenate(parts)
 
     def __getitem__(self, index: int) -> SeparationExample:
         if index >= self.num_items:

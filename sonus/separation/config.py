@@ -76,7 +76,9 @@ def _librimix(d: Mapping[str, Any], split: Split, seed: int, seg: float | None, 
         )  # fmt: skip
         mixture = d.get("mixture", "mix_clean") if dyn.get("noise") else "mix_clean"
         speed = dyn.get("speed_perturb")
-        kwargs = {"seed": seed, "mixture": mixture, "speed_factors": None if speed is None else [float(f) for f in speed]}
+        eq = dyn.get("random_eq_db")
+        kwargs = {"seed": seed, "mixture": mixture, "speed_factors": None if speed is None else [float(f) for f in speed],
+                  "fill": bool(dyn.get("fill_short", False)), "eq_db": None if eq is None else float(eq)}  # fmt: skip
         num_items, own = int(_get(dyn, "num_items", 2000)), keep_speakers(utts, speakers)
         extras = list(dyn.get("extra") or [])  # more voices: manifests whose lines give `speaker`
         if not extras:

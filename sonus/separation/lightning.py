@@ -59,7 +59,8 @@ class SepTrainOptions:
     loss: Metric = "si_sdr"  # negative PIT SI-SDR (or SNR) is the loss
     sample_rate: int = 8000
     plot_dir: str | None = None
-    compile: bool = False  # torch.compile the model's forward (the state dict keeps plain names)
+    compile: bool = False  # torch.compile the model's training forward (the state dict keeps plain names)
+    train_samples: int | None = None  # compile: training batches are zero-padded to this many samples (one static graph)
     extra: dict[str, Any] = field(default_factory=dict)  # stored in checkpoints (e.g. the data config)
 
 
@@ -67,17 +68,30 @@ class SeparationLightning(FusedClipping, pl.LightningModule):
     def __init__(self, model: nn.Module, optim: SepOptimConfig, opts: SepTrainOptions) -> None:
         super().__init__()
         self.model, self.optim_cfg, self.opts = model, optim, opts
-        self._forward = torch.compile(model) if opts.compile else model
+        # Training steps only: validation and inference lengths vary, and eager costs them little.
+        # A plain attribute, not a submodule: the state dict holds the weights once, as model.*
+        # (registered, they were saved a second time, as _forward.* or _forward._orig_mod.*).
+        self.__dict__["_train_forward"] = torch.compile(model, dynamic=False) if opts.compile else model
         self.curves: dict[str, list[tuple[int, float]]] = {"train/loss": [], "val/loss": []}
         self._val: dict[str, list[tuple[float, float, int]]] = defaultdict(list)  # variant -> (si_sdr, si_sdri, n)
         self._val_example: tuple | None = None
 
     def forward(self, mix: torch.Tensor) -> torch.Tensor:
-        return self._forward(mix)
+        return self.model(mix)
+
+    def _train_estimates(self, mix: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> (B, C, T) through the compiled model when ``opts.compile``. A batch shorter
+        than ``opts.train_samples`` (all its crops from short utterances) is zero-padded to it and
+        the estimates cut back, so the one graph compiled for the crop length serves every step
+        (a new length would recompile, about a minute on a CPU); the loss masks by ``lengths``."""
+        n, full = mix.shape[-1], self.opts.train_samples
+        if not self.opts.compile or full is None or n >= full:
+            return self._train_forward(mix)
+        return self._train_forward(torch.nn.functional.pad(mix, (0, full - n)))[..., :n]
 
     # -- training -------------------------------------------------------------------------------
     def training_step(self, batch: SeparationBatch, batch_idx: int) -> torch.Tensor:
-        est = self(batch.mix)
+        est = self._train_estimates(batch.mix)
         res = pit(est, batch.sources, self.opts.loss, batch.lengths)
         loss = res.loss.mean()
         if not torch.isfinite(loss):

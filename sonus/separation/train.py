@@ -37,6 +37,12 @@ def curriculum_from(spec) -> Curriculum:
     return tuple(sorted(stages))
 
 
+def _crop_samples(d: dict) -> int | None:
+    """Samples in a training crop (``data.segment_seconds`` at ``data.sample_rate``); None: whole mixtures."""
+    seg = d.get("segment_seconds")
+    return None if not seg else round(float(seg) * int(d.get("sample_rate", 8000)))
+
+
 def train(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
     """Train the separation experiment in ``cfg``; returns the output folder (best.ckpt, last.ckpt, ...)."""
     out = start_run(cfg)
@@ -69,7 +75,7 @@ def train(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
     )  # fmt: skip
     opts = SepTrainOptions(
         loss=t.get("loss", "si_sdr"), sample_rate=int(d.get("sample_rate", 8000)), plot_dir=str(out / "plots"),
-        compile=bool(t.get("compile", False)), extra={"data": d},
+        compile=bool(t.get("compile", False)), train_samples=_crop_samples(d), extra={"data": d},
     )  # fmt: skip
     module = SeparationLightning(model, optim, opts)
     ckpt = resume_path(t, out)
