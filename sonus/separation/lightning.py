@@ -71,7 +71,10 @@ class SeparationLightning(FusedClipping, pl.LightningModule):
         # Training steps only: validation and inference lengths vary, and eager costs them little.
         # A plain attribute, not a submodule: the state dict holds the weights once, as model.*
         # (registered, they were saved a second time, as _forward.* or _forward._orig_mod.*).
-        self.__dict__["_train_forward"] = torch.compile(model, dynamic=False) if opts.compile else model
+        # With fixed crops one static graph serves every step; without (whole mixtures), lengths
+        # vary and torch.compile's automatic dynamic shapes compile a second, dynamic graph.
+        dynamic = False if opts.train_samples else None
+        self.__dict__["_train_forward"] = torch.compile(model, dynamic=dynamic) if opts.compile else model
         self.curves: dict[str, list[tuple[int, float]]] = {"train/loss": [], "val/loss": []}
         self._val: dict[str, list[tuple[float, float, int]]] = defaultdict(list)  # variant -> (si_sdr, si_sdri, n)
         self._val_example: tuple | None = None
