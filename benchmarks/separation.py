@@ -3,6 +3,7 @@
     python benchmarks/separation.py --minutes 60 --models convtasnet      # the issue 5 target run
     python benchmarks/separation.py --minutes 10                          # all four, 10 minutes each
     python benchmarks/separation.py --rtf-only                            # parameters and RTF, no training
+    python benchmarks/separation.py --rtf-only --step-time --models convtasnet   # + a training step, eager and compiled
     python benchmarks/separation.py --models convtasnet --fsdd 0.2 training.compile=true \
         data.dynamic_mixing.random_eq_db=6                                # FSDD's voices, random EQ, compiled steps
 
@@ -109,6 +110,34 @@ def rtf(name: str, seconds: float = 10.0, sample_rate: int = 8000) -> tuple[int,
     return sum(p.numel() for p in model.parameters()), statistics.median(times) / seconds
 
 
+def step_time(name: str, threads: int, steps: int = 5) -> dict[str, float]:
+    """Seconds per training step (batch 4 x 3 s, bf16 autocast, forward + backward + AdamW) of the
+    benchmark configuration of ``name``, eager and through ``torch.compile`` (``training.compile=true``),
+    and the compile's own seconds (the first step; Inductor's cache makes a second run faster)."""
+    from sonus.separation.models import build_model
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = build_model(name, _params(name))
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    x = 0.1 * torch.randn(4, 24000)
+
+    def step(f) -> float:
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = f(x).float().pow(2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        return time.perf_counter() - t0
+
+    step(model)  # warm-up
+    eager = statistics.median(step(model) for _ in range(steps))
+    compiled = torch.compile(model, dynamic=False)
+    first = step(compiled)
+    return {"eager_s": eager, "compiled_s": statistics.median(step(compiled) for _ in range(steps)), "compile_s": first}
+
+
 def evaluate(ckpt: Path, results: Path, threads: int, full: bool, extra: tuple[str, ...] = ()) -> dict[str, float]:
     """``sonus evaluate separation`` of ``ckpt`` on its test set: the summary's overall row."""
     ev = [sys.executable, "-m", "sonus.cli", "evaluate", "separation", f"checkpoint={ckpt}", f"output={results}", f"num_threads={threads}", *extra]
@@ -165,6 +194,7 @@ def main() -> None:
     ap.add_argument("--data", default="data/bench_sep", help="where the test/dev mixtures and noise folders go")
     ap.add_argument("--out", default="exp/bench_sep")
     ap.add_argument("--rtf-only", action="store_true")
+    ap.add_argument("--step-time", action="store_true", help="also time a training step eager and compiled (no training without --minutes)")
     ap.add_argument("--chunk-seconds", type=float, default=None,
                     help="also score the test set separated in chunks of this length, stitched (sonus evaluate ... chunk_seconds=)")
     ap.add_argument("--fsdd", type=float, default=None, metavar="SHARE",
@@ -181,6 +211,8 @@ def main() -> None:
     for name in names:
         n, r = rtf(name)
         rows[name] = {"params_M": n / 1e6, "rtf_1thread": r}
+        if a.step_time:
+            rows[name].update(step_time(name, a.threads))
     if not a.rtf_only:
         root = prepare(Path(a.data))
         os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
@@ -189,13 +221,13 @@ def main() -> None:
         for name in names:
             rows[name].update(train_and_score(name, root, Path(a.data), out, a.minutes, a.threads, a.full_metrics, a.overrides, a.chunk_seconds))
             (out / "results.json").write_text(json.dumps(rows, indent=2))
-    keys = ["params_M", "rtf_1thread", "steps", "epochs", "train_min", "si_sdr", "si_sdri", "si_sdri_last", "si_sdri_chunked", "sdri", "pesq", "stoi"]
+    keys = ["params_M", "rtf_1thread", "eager_s", "compiled_s", "compile_s", "steps", "epochs", "train_min", "si_sdr", "si_sdri", "si_sdri_last", "si_sdri_chunked", "sdri", "pesq", "stoi"]
     keys = [k for k in keys if any(k in r for r in rows.values())]
     print(f"\nseparation benchmark: 8 kHz 2-speaker noisy mixtures, held-out speakers and noises; budget {a.minutes:g} min/model on {a.threads} threads")
     print("| model | " + " | ".join(keys) + " |")
     print("|" + "---|" * (len(keys) + 1))
     for name, r in rows.items():
-        print(f"| {name} | " + " | ".join(f"{r[k]:.3f}" if k in ("rtf_1thread",) else f"{r[k]:.2f}" if k in r else "-" for k in keys) + " |")
+        print(f"| {name} | " + " | ".join(f"{r[k]:.3f}" if k in ("rtf_1thread", "eager_s", "compiled_s") else f"{r[k]:.2f}" if k in r else "-" for k in keys) + " |")
     scored = [r for r in rows.values() if "si_sdri" in r]
     if scored:  # the dev set is one speaker pair: its choice of checkpoint is shown beside the last one
         by_dev, last = max(r["si_sdri"] for r in scored), max(r["si_sdri_last"] for r in scored)
