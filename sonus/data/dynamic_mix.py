@@ -22,6 +22,7 @@ from sonus.data.librimix import (
     MixConfig,
     Mixture,
     MixType,
+    cut,
     keep_speakers,
     librispeech_utterances,
     mix_sources,
@@ -229,17 +230,9 @@ class DynamicMixDataset(Dataset):
             factors = [self.speed_factors[int(rng.integers(len(self.speed_factors)))] for _ in sources]
             sources = [augment.speed_perturb(torch.from_numpy(s), f, self.cfg.sample_rate).numpy() for s, f in zip(sources, factors)]
         if self.eq_db is not None:  # on the crop (mix_sources then keeps it whole): filtering whole utterances costs 4x more
-            sources = [augment.random_eq(self._crop(s, rng), rng, self.cfg.sample_rate, self.eq_db) for s in sources]
+            sources = [augment.random_eq(cut(s, self.cfg.segment_samples, rng), rng, self.cfg.sample_rate, self.eq_db) for s in sources]
         noise = None if draw.noise is None else self.cache.get(draw.noise)
         return draw, mix_sources(sources, noise, self.cfg, rng)
-
-    def _crop(self, source: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """A random ``cfg.segment`` stretch of ``source`` (all of it if shorter, or without a segment)."""
-        n = None if self.cfg.segment is None else max(1, round(self.cfg.segment * self.cfg.sample_rate))  # as mix_sources
-        if n is None or source.shape[0] <= n:
-            return source
-        start = int(rng.integers(source.shape[0] - n + 1))
-        return source[start : start + n]
 
     def _load(self, u: Utterance) -> np.ndarray:
         return self.cache.get(u.audio_filepath or "", u.offset, u.duration if u.offset else None)
@@ -249,7 +242,7 @@ class DynamicMixDataset(Dataset):
         a 0.05-0.3 s pause, until it is at least the crop long."""
         sr = self.cfg.sample_rate
         fastest = max(self.speed_factors or (1.0,))  # speed perturbation comes after and shortens a source up to this factor
-        want, parts, n = round(float(self.cfg.segment or 0) * sr * fastest), [source], source.shape[0]
+        want, parts, n = round((self.cfg.segment_samples or 0) * fastest), [source], source.shape[0]
         pool = self.by_speaker[speaker]
         while n < want:
             pause = np.zeros(int(rng.uniform(0.05, 0.3) * sr), dtype=np.float32)

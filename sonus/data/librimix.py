@@ -80,6 +80,11 @@ class MixConfig:
     segment: float | None = None
     max_amp: float = 0.9
 
+    @property
+    def segment_samples(self) -> int | None:
+        """``segment`` in samples (at least 1); None: whole utterances."""
+        return None if self.segment is None else max(1, round(self.segment * self.sample_rate))
+
     def __post_init__(self) -> None:
         if self.n_src < 1:
             raise ValueError(f"MixConfig.n_src must be >= 1, got {self.n_src}")
@@ -174,6 +179,15 @@ def _fit(x: np.ndarray, length: int) -> np.ndarray:
     return x[:length] if x.shape[0] >= length else np.pad(x, (0, length - x.shape[0]))
 
 
+def cut(source: np.ndarray, segment: int | None, rng: np.random.Generator) -> np.ndarray:
+    """A ``segment``-sample stretch of ``source`` at a place drawn from ``rng`` (one draw); all of
+    it, with no draw, if it is no longer or ``segment`` is None."""
+    if segment is None or source.shape[0] <= segment:
+        return source
+    start = int(rng.integers(source.shape[0] - segment + 1))
+    return source[start : start + segment]
+
+
 def mix_sources(sources: Sequence[np.ndarray], noise: np.ndarray | None, cfg: MixConfig, rng: np.random.Generator) -> Mixture:
     """Mix ``cfg.n_src`` utterances (and noise) as LibriMix does; a pure function of its inputs.
 
@@ -189,16 +203,12 @@ def mix_sources(sources: Sequence[np.ndarray], noise: np.ndarray | None, cfg: Mi
     """
     if len(sources) != cfg.n_src:
         raise ValueError(f"mix_sources: MixConfig.n_src = {cfg.n_src}, got {len(sources)} sources")
-    segment = None if cfg.segment is None else max(1, round(cfg.segment * cfg.sample_rate))
     clips = []
     for i, s in enumerate(sources):
         s = np.asarray(s, dtype=np.float32)
         if s.ndim != 1 or s.shape[0] == 0:
             raise ValueError(f"mix_sources: source {i} must be a non-empty (T,) array, got shape {s.shape}")
-        if segment is not None and s.shape[0] > segment:
-            start = int(rng.integers(s.shape[0] - segment + 1))
-            s = s[start : start + segment]
-        clips.append(s)
+        clips.append(cut(s, cfg.segment_samples, rng))
     room = None
     images, targets = clips, clips
     if cfg.reverb is not None:
