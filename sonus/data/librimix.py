@@ -272,6 +272,28 @@ class SpeakerSplit:
             raise KeyError(f"unknown split {split!r}; expected train, dev or test")
         return getattr(self, split)
 
+    def with_train(self, keep: int | Sequence[str] | None, seed: int = 42) -> SpeakerSplit:
+        """The same split with fewer training speakers (learning curves over speakers); dev and
+        test are untouched. ``keep``: how many (chosen as held-out speakers are, by ``seed``),
+        or their ids; ``None`` keeps all.
+
+        Raises:
+            ValueError: ``keep`` is not in 1..len(train), or names a speaker not in ``train``.
+        """
+        if keep is None:
+            return self
+        if isinstance(keep, int):
+            if not 1 <= keep <= len(self.train):
+                raise ValueError(f"train_speakers={keep}: need 1..{len(self.train)} (the training speakers)")
+            picked = pick_held_out(self.train, keep, seed, what="training speakers") if keep < len(self.train) else set(self.train)
+        else:
+            picked = {str(s) for s in keep}
+            if bad := sorted(picked - set(self.train)):
+                raise ValueError(f"train_speakers: {bad} are not training speakers; they are {list(self.train)}")
+            if not picked:
+                raise ValueError("train_speakers: the list is empty")
+        return SpeakerSplit(tuple(sorted(picked)), self.dev, self.test)
+
 
 def librispeech_utterances(source: str | os.PathLike, progress: bool = False) -> list[Utterance]:
     """Every utterance of every LibriSpeech subset at ``source`` (see ``find_subsets``)."""

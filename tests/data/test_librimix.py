@@ -212,6 +212,33 @@ def test_speaker_split_is_disjoint_and_deterministic(corpus):
         speaker_split(corpus, dev_speakers=3, test_speakers=3)
 
 
+def test_fewer_training_speakers_leave_dev_and_test_alone(corpus):
+    from sonus.separation.config import build_dataset
+
+    split = speaker_split(corpus, dev_speakers=1, test_speakers=1, seed=1)  # 4 training speakers
+    three = split.with_train(3, seed=1)
+    assert len(three.train) == 3 and set(three.train) < set(split.train)
+    assert (three.dev, three.test) == (split.dev, split.test)
+    assert split.with_train(3, seed=1) == three and split.with_train(None) is split
+    assert split.with_train(4).train == split.train
+    assert split.with_train([split.train[2]]).train == (split.train[2],)
+    with pytest.raises(ValueError, match=r"need 1\.\.4"):
+        split.with_train(5)
+    with pytest.raises(ValueError, match=r"\['999'\] are not training speakers"):
+        split.with_train(["999"])
+    with pytest.raises(ValueError, match=r"\[.*\] are not training speakers"):
+        split.with_train([split.test[0]])
+    # the config key reaches dynamic mixing: only those voices are drawn
+    d = {"kind": "librimix", "sample_rate": 8000, "mode": "min",
+         "dynamic_mixing": {"enabled": True, "source": str(corpus), "dev_speakers": 1, "test_speakers": 1, "split_seed": 1,
+                            "num_items": 50, "train_speakers": 2}}  # fmt: skip
+    data = build_dataset(d, "train")
+    assert data.speakers == list(split.with_train(2, seed=1).train)
+    assert {u.speaker for i in range(50) for u in data.draw(i).utterances} == set(data.speakers)
+    d["dynamic_mixing"]["train_speakers"] = [int(split.train[0]), int(split.train[3])]  # as Hydra parses a list of ids
+    assert build_dataset(d, "train").speakers == [split.train[0], split.train[3]]
+
+
 def test_dynamic_mixing_draws_different_speakers_and_follows_the_epoch(corpus, noise_dir):
     cfg = MixConfig(noise=str(noise_dir))
     data = DynamicMixDataset.from_librispeech(corpus, cfg, num_items=6, seed=5)
