@@ -32,7 +32,7 @@ from sonus.audio.room import RoomConfig, RoomInfo, reverberate, simulate_rirs
 from sonus.data.manifest import Utterance
 from sonus.data.recipes._split import pick_held_out
 from sonus.data.recipes.librispeech import find_subsets, scan_subset
-from sonus.data.separation import SeparationExample
+from sonus.data.separation import SeparationExample, crop_samples
 
 Mode = Literal["min", "max"]
 MixType = Literal["mix_clean", "mix_both", "mix_single"]
@@ -83,7 +83,7 @@ class MixConfig:
     @property
     def segment_samples(self) -> int | None:
         """``segment`` in samples (at least 1); None: whole utterances."""
-        return None if self.segment is None else max(1, round(self.segment * self.sample_rate))
+        return crop_samples(self.segment, self.sample_rate)
 
     def __post_init__(self) -> None:
         if self.n_src < 1:
@@ -272,10 +272,10 @@ class SpeakerSplit:
             raise KeyError(f"unknown split {split!r}; expected train, dev or test")
         return getattr(self, split)
 
-    def with_train(self, keep: int | Sequence[str] | None, seed: int = 42) -> SpeakerSplit:
+    def with_train(self, keep: int | Iterable[str | int] | None, seed: int = 42) -> SpeakerSplit:
         """The same split with fewer training speakers (learning curves over speakers); dev and
         test are untouched. ``keep``: how many (chosen as held-out speakers are, by ``seed``),
-        or their ids; ``None`` keeps all.
+        or their ids (any iterable; numbers, as YAML gives them, are read as ids); ``None`` keeps all.
 
         Raises:
             ValueError: ``keep`` is not in 1..len(train), or names a speaker not in ``train``.

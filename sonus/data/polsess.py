@@ -75,7 +75,7 @@ from torch.utils.data import Dataset
 
 from sonus.audio.io import AudioError, load_audio
 from sonus.data.recipes._split import CorpusError
-from sonus.data.separation import SeparationExample, crop
+from sonus.data.separation import SeparationExample, crop, crop_samples
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ class PolSESSDataset(Dataset):
         if seed < 0:
             raise ValueError(f"PolSESS: seed must be >= 0, got {seed}")
         self.sample_rate = sample_rate
-        self.segment_samples = None if segment_seconds is None else max(1, round(segment_seconds * sample_rate))
+        self.segment_samples = crop_samples(segment_seconds, sample_rate)
         self.seed = seed
         self.epoch = 0
         self.stage: tuple[str, ...] | None = None  # a curriculum's current variants (set_curriculum)

@@ -96,6 +96,11 @@ def collate_separation(items: list[SeparationExample]) -> SeparationBatch:
     return SeparationBatch(mix, sources, lengths, [x.id for x in items], [x.variant for x in items])
 
 
+def crop_samples(seconds: float | None, sample_rate: int) -> int | None:
+    """A crop of ``seconds`` in samples, at least 1; ``None``: no crop (whole examples)."""
+    return None if seconds is None else max(1, round(float(seconds) * sample_rate))
+
+
 def crop(example: SeparationExample, num_samples: int, rng: np.random.Generator | None = None, pad: bool = True) -> SeparationExample:
     """Cut ``num_samples`` from mix and sources at the same place.
 

@@ -71,7 +71,7 @@ def _librimix(d: Mapping[str, Any], split: Split, seed: int, seg: float | None, 
         utts = librispeech_utterances(source)
         split_seed, keep = int(_get(dyn, "split_seed", 42)), _get(dyn, "train_speakers", None)
         split = speaker_split(utts, int(_get(dyn, "dev_speakers", 2)), int(_get(dyn, "test_speakers", 2)), split_seed)
-        speakers = split.with_train(keep if keep is None or isinstance(keep, int) else [str(k) for k in keep], split_seed).train
+        speakers = split.with_train(keep, split_seed).train
         cfg = MixConfig(
             n_src=int(d.get("n_src", 2)), sample_rate=sr, mode=mode, noise=dyn.get("noise"), reverb=dyn.get("reverb"),
             reverberant_targets=bool(dyn.get("reverberant_targets", False)), segment=seg,

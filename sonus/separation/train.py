@@ -11,7 +11,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler
 
 from sonus.data.sampler import EpochSampler
-from sonus.data.separation import Curriculum, CurriculumDataset, collate_separation
+from sonus.data.separation import (
+    Curriculum,
+    CurriculumDataset,
+    collate_separation,
+    crop_samples,
+)
 from sonus.separation.config import build_dataset
 from sonus.separation.lightning import (
     SeparationLightning,
@@ -35,12 +40,6 @@ def curriculum_from(spec) -> Curriculum:
             raise ValueError(f"data.curriculum[{i}] must be [first_epoch >= 0, [variants...]], got {list(stage)}")
         stages.append((int(stage[0]), tuple(str(v) for v in stage[1])))
     return tuple(sorted(stages))
-
-
-def _crop_samples(d: dict) -> int | None:
-    """Samples in a training crop (``data.segment_seconds`` at ``data.sample_rate``); None: whole mixtures."""
-    seg = d.get("segment_seconds")
-    return None if not seg else round(float(seg) * int(d.get("sample_rate", 8000)))
 
 
 def train(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
@@ -75,7 +74,7 @@ def train(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
     )  # fmt: skip
     opts = SepTrainOptions(
         loss=t.get("loss", "si_sdr"), sample_rate=int(d.get("sample_rate", 8000)), plot_dir=str(out / "plots"),
-        compile=bool(t.get("compile", False)), train_samples=_crop_samples(d), extra={"data": d},
+        compile=bool(t.get("compile", False)), train_samples=crop_samples(d.get("segment_seconds") or None, int(d.get("sample_rate", 8000))), extra={"data": d},
     )  # fmt: skip
     module = SeparationLightning(model, optim, opts)
     ckpt = resume_path(t, out)
