@@ -6,10 +6,13 @@
     python benchmarks/separation.py --rtf-only --step-time --models convtasnet   # + a training step, eager and compiled
     python benchmarks/separation.py --models convtasnet --fsdd 0.2 training.compile=true \
         data.dynamic_mixing.random_eq_db=6                                # FSDD's voices, random EQ, compiled steps
+    python benchmarks/separation.py --models convtasnet --dev-speakers 32,3947,163 training.compile=true \
+        training.ema_decay=0.998 training.ema_start_step=300              # a 3-pair dev set, EMA weights
 
 Data (8 kHz, 2 speakers + noise, LibriMix loudness): ``../shared/data/librispeech-mini``
 speakers are split as ``sonus prepare librimix`` splits them (3 test and 2 dev speakers held
-out, seed 42). Test (100 mixtures) and dev (40) are written once under --data by
+out, seed 42; --dev-speakers holds out others for dev, the test set stays the same). Test (100
+mixtures) and dev (40, or 10 per speaker pair if more) are written once under --data by
 ``prepare_librimix`` with held-out noise files (exercise_bike, sb_noise5); training mixes
 the remaining speakers and noises on the fly (dynamic mixing, new mixtures every epoch).
 Nothing of a test speaker or a test noise is seen in training.
@@ -61,8 +64,12 @@ def _params(name: str) -> dict:
     return SPMAMBA_CPU if name == "spmamba" else MODELS[name]
 
 
-def prepare(data: Path) -> Path:
-    """Dev/test mixtures of held-out speakers and noises (once), and the training noise folder."""
+def prepare(data: Path, dev_speakers: int | list[str] = 2) -> Path:
+    """Dev/test mixtures of held-out speakers and noises (once), and the training noise folder.
+
+    Test speakers are chosen before dev speakers, so the test set is the same for any
+    ``dev_speakers`` (a number, or ids); another dev set (several pairs, 10 mixtures a pair)
+    lives in its own folder and leaves that many fewer voices for training."""
     from sonus.data.recipes.librimix import prepare_librimix
 
     if not SOURCE.is_dir():
@@ -74,10 +81,12 @@ def prepare(data: Path) -> Path:
         for p in noise_all:
             if (p.name in TEST_NOISES) == (split == "test") and not (folder / p.name).exists():
                 (folder / p.name).symlink_to(p)
-    root = data / "librimix"
+    n = dev_speakers if isinstance(dev_speakers, int) else len(dev_speakers)
+    root = data / ("librimix" if dev_speakers == 2 else f"librimix_dev{n if isinstance(dev_speakers, int) else '-'.join(dev_speakers)}")
+    pairs = n * (n - 1) // 2
     if not (root / "wav8k" / "min" / "metadata" / "mixture_test_mix_both.csv").is_file():
-        prepare_librimix(SOURCE, root, sample_rate=8000, mode="min", train_mixtures=0, dev_mixtures=40, test_mixtures=100,
-                         noise_dir=folders["test"], dev_speakers=2, test_speakers=3, seed=42, overwrite=True)  # fmt: skip
+        prepare_librimix(SOURCE, root, sample_rate=8000, mode="min", train_mixtures=0, dev_mixtures=max(40, 10 * pairs), test_mixtures=100,
+                         noise_dir=folders["test"], dev_speakers=dev_speakers, test_speakers=3, seed=42, overwrite=True)  # fmt: skip
     return root
 
 
@@ -154,14 +163,14 @@ def evaluate(ckpt: Path, results: Path, threads: int, full: bool, extra: tuple[s
 
 
 def train_and_score(name: str, root: Path, data: Path, out: Path, minutes: float, threads: int, full: bool, overrides: list[str],
-                    chunk: float | None = None) -> dict:  # fmt: skip
+                    chunk: float | None = None, dev_speakers: int | list[str] = 2) -> dict:  # fmt: skip
     exp = out / name
     params = [f"model.params.{k}={v}" for k, v in _params(name).items()]
     hard = int(minutes + 1)
     cmd = [
         sys.executable, "-m", "sonus.cli", "train", f"experiment=sep_{name}", f"data.root={root}", "data.mixture=mix_both",
         "data.dynamic_mixing.enabled=true", f"data.dynamic_mixing.source={SOURCE}", f"data.dynamic_mixing.noise={data / 'noise_train'}",
-        "data.dynamic_mixing.dev_speakers=2", "data.dynamic_mixing.test_speakers=3", "data.dynamic_mixing.num_items=1000",
+        f"data.dynamic_mixing.dev_speakers={dev_speakers if isinstance(dev_speakers, int) else '[' + ','.join(dev_speakers) + ']'}", "data.dynamic_mixing.test_speakers=3", "data.dynamic_mixing.num_items=1000",
         "data.segment_seconds=3.0", "data.val_segment_seconds=4.0", "data.num_workers=0", *params,
         f"training.output_dir={exp}", f"training.time_budget_minutes={minutes}", f"training.max_time=00:{hard // 60:02d}:{hard % 60:02d}:00",
         f"training.num_threads={threads}", "training.precision=bf16-mixed", "training.val_check_interval=200",
@@ -186,6 +195,11 @@ def train_and_score(name: str, root: Path, data: Path, out: Path, minutes: float
     return row
 
 
+def _speakers(value: str) -> int | list[str]:
+    """--dev-speakers: ``4`` (a number) or ``32,3947,163`` (ids)."""
+    return [v for v in value.split(",") if v] if "," in value else int(value)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS))
@@ -199,6 +213,9 @@ def main() -> None:
                     help="also score the test set separated in chunks of this length, stitched (sonus evaluate ... chunk_seconds=)")
     ap.add_argument("--fsdd", type=float, default=None, metavar="SHARE",
                     help="also mix FSDD's 5 speakers (digits strung together) into training, with this share of the speakers drawn")
+    ap.add_argument("--dev-speakers", type=_speakers, default=2, metavar="N|ID,ID,...",
+                    help="speakers held out for dev (the checkpoint choice), a number or ids: 2 is one pair; "
+                         "32,3947,163 gives 3 pairs (F+F, 2 x F+M) and one training voice fewer")
     ap.add_argument("--full-metrics", action="store_true", help="also SDR, PESQ-nb and STOI on the test set")
     ap.add_argument("overrides", nargs="*", help="extra `sonus train` overrides for every model")
     a = ap.parse_args()
@@ -214,12 +231,12 @@ def main() -> None:
         if a.step_time:
             rows[name].update(step_time(name, a.threads))
     if not a.rtf_only:
-        root = prepare(Path(a.data))
+        root = prepare(Path(a.data), a.dev_speakers)
         os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
         if a.fsdd:
             a.overrides = fsdd_pool(Path(a.data), a.fsdd) + a.overrides
         for name in names:
-            rows[name].update(train_and_score(name, root, Path(a.data), out, a.minutes, a.threads, a.full_metrics, a.overrides, a.chunk_seconds))
+            rows[name].update(train_and_score(name, root, Path(a.data), out, a.minutes, a.threads, a.full_metrics, a.overrides, a.chunk_seconds, a.dev_speakers))
             (out / "results.json").write_text(json.dumps(rows, indent=2))
     keys = ["params_M", "rtf_1thread", "eager_s", "compiled_s", "compile_s", "steps", "epochs", "train_min", "si_sdr", "si_sdri", "si_sdri_last", "si_sdri_chunked", "sdri", "pesq", "stoi"]
     keys = [k for k in keys if any(k in r for r in rows.values())]

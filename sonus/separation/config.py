@@ -8,7 +8,7 @@ checkpoint stores the data config).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from torch.utils.data import Dataset
@@ -19,6 +19,15 @@ Split = Literal["train", "val", "test"]
 def _get(d: Mapping[str, Any], key: str, default: Any = None) -> Any:
     v = d.get(key, default)
     return default if v is None else v
+
+
+def _held_out(value: Any, key: str) -> int | list[str]:
+    """A held-out speaker count, or the speaker ids (a list; YAML reads numeric ids as ints)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [str(s) for s in value]
+    raise ValueError(f"{key}: expected a number of speakers or a list of speaker ids, got {value!r}")
 
 
 def build_dataset(d: Mapping[str, Any], split: Split, seed: int = 0, variant: str | None = None) -> Dataset:
@@ -70,7 +79,8 @@ def _librimix(d: Mapping[str, Any], split: Split, seed: int, seg: float | None, 
             raise ValueError("data.dynamic_mixing.source: the LibriSpeech folder to mix from is not set")
         utts = librispeech_utterances(source)
         split_seed, keep = int(_get(dyn, "split_seed", 42)), _get(dyn, "train_speakers", None)
-        split = speaker_split(utts, int(_get(dyn, "dev_speakers", 2)), int(_get(dyn, "test_speakers", 2)), split_seed)
+        held = [_held_out(_get(dyn, k, 2), f"data.dynamic_mixing.{k}") for k in ("dev_speakers", "test_speakers")]
+        split = speaker_split(utts, *held, split_seed)
         speakers = split.with_train(keep, split_seed).train
         cfg = MixConfig(
             n_src=int(d.get("n_src", 2)), sample_rate=sr, mode=mode, noise=dyn.get("noise"), reverb=dyn.get("reverb"),

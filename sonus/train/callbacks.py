@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.callbacks import Checkpoint, EMAWeightAveraging
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,42 @@ class SamplerEpoch(pl.Callback):
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         set_loader_epoch(trainer.train_dataloader, trainer)
+
+
+class EMA(EMAWeightAveraging):
+    """Validate and checkpoint an exponential moving average of the weights (``training.ema_decay``),
+    updated after every optimizer step from ``training.ema_start_step`` on.
+
+    Before its first update the average is still a copy of the initial weights, and Lightning's
+    callback would validate and save those (random) weights, so early validations and a
+    ``best.ckpt`` or ``last.ckpt`` written then would hold an untrained model. Until the average
+    starts, this one validates and saves the weights being trained; a checkpoint written then
+    resumes as one without averaging (the average starts from the current weights at its first
+    update, as in an uninterrupted run).
+    """
+
+    def _started(self) -> bool:
+        return self._average_model is not None and int(self._average_model.n_averaged) > 0
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        if self._started():
+            super().on_validation_epoch_start(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self._started():
+            super().on_validation_epoch_end(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._started():
+            super().on_train_end(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if self._started():
+            super().on_save_checkpoint(trainer, pl_module, checkpoint)
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if "current_model_state" in checkpoint or self._average_model is None:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
 
 
 class SaveLast(Checkpoint):

@@ -11,13 +11,13 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import (
     EarlyStopping,
-    EMAWeightAveraging,
     ModelCheckpoint,
     RichProgressBar,
     TQDMProgressBar,
 )
 
 from sonus.train.callbacks import (
+    EMA,
     SamplerEpoch,
     SaveLast,
     TimeBudget,
@@ -52,7 +52,7 @@ def build_trainer(cfg: Any, output_dir: Path, monitor: str, mode: str = "min", e
         es = t.early_stopping
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=int(es.get("patience", 5)), min_delta=float(es.get("min_delta", 0.0))))
     if t.get("ema_decay"):  # validate and checkpoint an exponential moving average of the weights
-        callbacks.append(EMAWeightAveraging(decay=float(t.ema_decay), update_starting_at_step=int(t.get("ema_start_step", 0))))
+        callbacks.append(EMA(decay=float(t.ema_decay), update_starting_at_step=int(t.get("ema_start_step", 0))))
     if t.get("time_budget_minutes"):
         callbacks.append(TimeBudget(float(t.time_budget_minutes)))
     try:

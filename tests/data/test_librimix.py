@@ -239,6 +239,26 @@ def test_fewer_training_speakers_leave_dev_and_test_alone(corpus):
     assert build_dataset(d, "train").speakers == [split.train[0], split.train[3]]
 
 
+def test_dynamic_mixing_holds_out_dev_speakers_named_by_id(corpus):
+    """A dev set picked by hand (e.g. to hold both sexes) must leave training the same way
+    `sonus prepare librimix` does with those ids: the named voices are never mixed."""
+    from sonus.separation.config import build_dataset
+
+    by_count = speaker_split(corpus, dev_speakers=1, test_speakers=1, seed=1)
+    dev = [by_count.train[0], by_count.dev[0]]  # one of the counted split's training speakers moves to dev
+    named = speaker_split(corpus, dev_speakers=dev, test_speakers=1, seed=1)
+    assert named.test == by_count.test and set(named.dev) == set(dev) and by_count.train[0] not in named.train
+    d = {"kind": "librimix", "sample_rate": 8000, "mode": "min",
+         "dynamic_mixing": {"enabled": True, "source": str(corpus), "dev_speakers": [int(s) for s in dev],  # as Hydra parses ids
+                            "test_speakers": 1, "split_seed": 1, "num_items": 40}}  # fmt: skip
+    data = build_dataset(d, "train")
+    assert data.speakers == list(named.train)
+    assert not {u.speaker for i in range(40) for u in data.draw(i).utterances} & (set(dev) | set(named.test))
+    d["dynamic_mixing"]["dev_speakers"] = "two"
+    with pytest.raises(ValueError, match=r"data\.dynamic_mixing\.dev_speakers: expected a number of speakers or a list"):
+        build_dataset(d, "train")
+
+
 def test_dynamic_mixing_draws_different_speakers_and_follows_the_epoch(corpus, noise_dir):
     cfg = MixConfig(noise=str(noise_dir))
     data = DynamicMixDataset.from_librispeech(corpus, cfg, num_items=6, seed=5)

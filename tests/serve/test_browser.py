@@ -56,17 +56,13 @@ def fit(received: np.ndarray, sent: np.ndarray) -> tuple[float, float, float]:
     return best[1], best[2], best[0]
 
 
-def test_page_streams_the_microphone_and_shows_the_transcript(asr_checkpoint, tmp_path):
-    words = speech()
-    silence = np.zeros(int(0.4 * SR), np.int16)
-    played = np.concatenate([silence, words, np.zeros(3 * SR, np.int16)])
-    wav = write_wav(tmp_path / "mic.wav", played)
-    cfg = serve_config(asr_checkpoint)
+def drive(cfg, wav: Path, record_ms: int) -> tuple[dict, np.ndarray]:
+    """Open the page, stream ``wav`` through Chromium's fake microphone for ``record_ms``, then
+    upload it: -> (what the page showed, the PCM the server was fed)."""
     with running(cfg) as (base, app):
         engine, received = app.state.engine, []
         feed = engine.feed
         engine.feed = lambda s, pcm: (received.append(pcm.copy()), feed(s, pcm))[1]  # what the server hears
-        record_ms = int(1000 * (len(silence) + len(words)) / SR) + 600
         out = subprocess.run(
             ["node", str(BROWSER_DIR / "drive.js"), f"http://{base}/", str(wav), str(record_ms)],
             capture_output=True, text=True, timeout=50, check=False,
@@ -75,14 +71,32 @@ def test_page_streams_the_microphone_and_shows_the_transcript(asr_checkpoint, tm
     assert out.returncode == 0, out.stderr[-3000:]
     page = json.loads(out.stdout.strip().splitlines()[-1])
     assert page["status"].startswith("done"), page
+    return page, np.concatenate(received)
+
+
+def test_page_streams_the_microphone_and_shows_the_transcript(asr_checkpoint, tmp_path):
+    words = speech()
+    silence = np.zeros(int(0.4 * SR), np.int16)
+    played = np.concatenate([silence, words, np.zeros(3 * SR, np.int16)])
+    wav = write_wav(tmp_path / "mic.wav", played)
+    cfg = serve_config(asr_checkpoint)
+    record_ms = int(1000 * (len(silence) + len(words)) / SR) + 600
 
     # The server heard the wav, as 16 kHz 16-bit PCM at its level: the page downsampled the
     # microphone (44.1 or 48 kHz here) to 16 kHz with no echo cancellation, noise suppression or gain.
-    heard = np.concatenate(received)
-    rec_s = page["recorded_ms"] / 1000  # the page's own clock: under load the Stop click may come late
-    assert rec_s >= record_ms / 1000 - 0.05 and abs(len(heard) / SR - rec_s) < 0.6, f"{len(heard) / SR:.2f} s heard in {rec_s:.2f} s of recording: wrong rate?"
-    lag, gain, snr = fit(heard, words)
-    assert 0.97 < gain < 1.03 and snr > 35, f"the server did not hear the wav (gain {gain:.3f}, {snr:.1f} dB at {lag:.2f})"
+    # Headless Chromium's fake microphone has once (in a CI run, the machine loaded) delivered
+    # garbled audio (gain 0.8, 2 dB) that the page then streamed faithfully: a garbled capture is
+    # taken again, once; a page or server that mangles audio fails both.
+    for attempt in (1, 2):
+        page, heard = drive(cfg, wav, record_ms)
+        rec_s = page["recorded_ms"] / 1000  # the page's own clock: under load the Stop click may come late
+        assert rec_s >= record_ms / 1000 - 0.05 and abs(len(heard) / SR - rec_s) < 0.6, f"{len(heard) / SR:.2f} s heard in {rec_s:.2f} s of recording: wrong rate?"
+        lag, gain, snr = fit(heard, words)
+        heard_the_wav = 0.97 < gain < 1.03 and snr > 35
+        if heard_the_wav or attempt == 2:
+            break
+        print(f"attempt 1: the capture was garbled (gain {gain:.3f}, {snr:.1f} dB at {lag:.2f}); recording again")
+    assert heard_the_wav, f"the server did not hear the wav (gain {gain:.3f}, {snr:.1f} dB at {lag:.2f}), {attempt} attempts"
     # The page shows what the server decoded, which is what offline decoding of that audio gives.
     # (Not compared with the transcript of the wav file itself: the tiny random model is chaotic, its
     # output changes with -60 dB of noise, and the browser's resampling chain 16 -> 48 -> 44.1 ->

@@ -285,6 +285,59 @@ def test_dataset_learns_each_epoch_in_its_workers(tmp_path):
     assert model.seen == [(e, [e] * 4) for e in range(3) for _ in range(2)]
 
 
+def test_ema_validates_and_saves_the_trained_weights_until_it_starts(tmp_path):
+    """training.ema_decay with ema_start_step: before the average's first update, validation,
+    checkpoints and the end of training use the weights being trained, not the initial ones
+    Lightning's average holds until then; after it, the average."""
+    import lightning.pytorch as pl
+
+    from sonus.train.callbacks import EMA
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.seen = torch.nn.Linear(2, 1), {}  # global step -> the weights validated
+
+        def training_step(self, batch, i):
+            return (self.lin(batch[0]) - 1).pow(2).mean()
+
+        def validation_step(self, batch, i):
+            self.seen[self.global_step] = self.lin.weight.detach().clone()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    trained: dict[int, torch.Tensor] = {}
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, module, *args):
+            trained[trainer.global_step] = module.lin.weight.detach().clone()
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(40, 2)), batch_size=4)
+
+    def fit(steps: int) -> tuple[Tiny, torch.Tensor, pl.Trainer]:
+        torch.manual_seed(0)
+        model = Tiny()
+        init = model.lin.weight.detach().clone()
+        trainer = pl.Trainer(max_steps=steps, val_check_interval=2, callbacks=[EMA(decay=0.5, update_starting_at_step=4), Record()],
+                             logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             num_sanity_val_steps=0, default_root_dir=tmp_path)  # fmt: skip
+        trainer.fit(model, data, data)
+        return model, init, trainer
+
+    model, init, trainer = fit(3)  # ends before the average's first update
+    assert torch.equal(model.seen[2], trained[2]) and not torch.equal(model.seen[2], init)
+    assert torch.equal(model.lin.weight, trained[3])
+    trainer.save_checkpoint(tmp_path / "early.ckpt")
+    early = torch.load(tmp_path / "early.ckpt", weights_only=True)
+    assert torch.equal(early["state_dict"]["lin.weight"], trained[3]) and "current_model_state" not in early
+
+    model, init, trainer = fit(8)
+    assert torch.equal(model.seen[2], trained[2])
+    assert not torch.allclose(model.seen[8], trained[8])  # the average
+    assert torch.equal(model.lin.weight, model.seen[8])  # training ends on the average
+
+
 def test_build_trainer_adds_top_k_and_early_stopping(tmp_path):
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
