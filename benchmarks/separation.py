@@ -68,8 +68,8 @@ def prepare(data: Path, dev_speakers: int | list[str] = 2) -> Path:
     """Dev/test mixtures of held-out speakers and noises (once), and the training noise folder.
 
     Test speakers are chosen before dev speakers, so the test set is the same for any
-    ``dev_speakers`` (a number, or ids); another dev set (several pairs, 10 mixtures a pair)
-    lives in its own folder and leaves that many fewer voices for training."""
+    ``dev_speakers`` (a number, or ids); another dev set (40 mixtures, or 10 a speaker pair if
+    that is more) lives in its own folder and leaves that many fewer voices for training."""
     from sonus.data.recipes.librimix import prepare_librimix
 
     if not SOURCE.is_dir():
@@ -81,8 +81,8 @@ def prepare(data: Path, dev_speakers: int | list[str] = 2) -> Path:
         for p in noise_all:
             if (p.name in TEST_NOISES) == (split == "test") and not (folder / p.name).exists():
                 (folder / p.name).symlink_to(p)
-    n = dev_speakers if isinstance(dev_speakers, int) else len(dev_speakers)
-    root = data / ("librimix" if dev_speakers == 2 else f"librimix_dev{n if isinstance(dev_speakers, int) else '-'.join(dev_speakers)}")
+    n, tag = (dev_speakers, str(dev_speakers)) if isinstance(dev_speakers, int) else (len(dev_speakers), "-".join(dev_speakers))
+    root = data / ("librimix" if dev_speakers == 2 else f"librimix_dev{tag}")
     pairs = n * (n - 1) // 2
     if not (root / "wav8k" / "min" / "metadata" / "mixture_test_mix_both.csv").is_file():
         prepare_librimix(SOURCE, root, sample_rate=8000, mode="min", train_mixtures=0, dev_mixtures=max(40, 10 * pairs), test_mixtures=100,
@@ -166,11 +166,12 @@ def train_and_score(name: str, root: Path, data: Path, out: Path, minutes: float
                     chunk: float | None = None, dev_speakers: int | list[str] = 2) -> dict:  # fmt: skip
     exp = out / name
     params = [f"model.params.{k}={v}" for k, v in _params(name).items()]
+    dev = dev_speakers if isinstance(dev_speakers, int) else "[" + ",".join(dev_speakers) + "]"
     hard = int(minutes + 1)
     cmd = [
         sys.executable, "-m", "sonus.cli", "train", f"experiment=sep_{name}", f"data.root={root}", "data.mixture=mix_both",
         "data.dynamic_mixing.enabled=true", f"data.dynamic_mixing.source={SOURCE}", f"data.dynamic_mixing.noise={data / 'noise_train'}",
-        f"data.dynamic_mixing.dev_speakers={dev_speakers if isinstance(dev_speakers, int) else '[' + ','.join(dev_speakers) + ']'}", "data.dynamic_mixing.test_speakers=3", "data.dynamic_mixing.num_items=1000",
+        f"data.dynamic_mixing.dev_speakers={dev}", "data.dynamic_mixing.test_speakers=3", "data.dynamic_mixing.num_items=1000",
         "data.segment_seconds=3.0", "data.val_segment_seconds=4.0", "data.num_workers=0", *params,
         f"training.output_dir={exp}", f"training.time_budget_minutes={minutes}", f"training.max_time=00:{hard // 60:02d}:{hard % 60:02d}:00",
         f"training.num_threads={threads}", "training.precision=bf16-mixed", "training.val_check_interval=200",
