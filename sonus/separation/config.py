@@ -21,12 +21,11 @@ def _get(d: Mapping[str, Any], key: str, default: Any = None) -> Any:
     return default if v is None else v
 
 
-def _held_out(value: Any, key: str) -> int | list[str]:
-    """A held-out speaker count, or the speaker ids (a list; YAML reads numeric ids as ints)."""
-    if isinstance(value, int) and not isinstance(value, bool):
+def _held_out(value: Any, key: str) -> Any:
+    """``value`` if it is a held-out speaker count or a list of speaker ids (which
+    ``speaker_split`` reads as strings: YAML gives numeric ids as ints); else an error naming ``key``."""
+    if (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, Sequence) and not isinstance(value, str)):
         return value
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        return [str(s) for s in value]
     raise ValueError(f"{key}: expected a number of speakers or a list of speaker ids, got {value!r}")
 
 
