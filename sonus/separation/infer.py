@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from sonus.audio.io import load_audio, save_audio
 from sonus.data.separation import SeparationExample
 from sonus.metrics.signal import bss_sdr, pesq_score, si_sdr, stoi_score
-from sonus.separation.loss import pit, reorder
+from sonus.separation.loss import pit, reorder, scaled_to, window_permutations
 from sonus.separation.models import build_model
 from sonus.train.checkpoint import read_checkpoint
 
@@ -169,6 +169,40 @@ class MetricOptions:
     sdr: bool = True
     pesq: bool = True
     stoi: bool = True
+    swaps: bool = False  # where the model swaps its sources within a mixture (see swap_metrics)
+    swap_window: float = 0.5  # seconds
+
+
+GROUPS = ("variant", "pair")
+
+
+def speaker_pair(mixture_id: str) -> str:
+    """The speakers of a LibriMix mixture id, ``SPK-CHAPTER-UTT_SPK-CHAPTER-UTT[_...]``: sorted,
+    joined by "+" (``"103-1240-0003_1235-135887-0017"`` -> ``"103+1235"``)."""
+    utts = mixture_id.split("_")
+    if len(utts) < 2 or any(len(u.split("-")) != 3 for u in utts):
+        raise ValueError(f"group_by=pair: mixture {mixture_id!r} is not named as LibriMix names them "
+                         "(SPK-CHAPTER-UTT_SPK-CHAPTER-UTT); group by variant instead")  # fmt: skip
+    return "+".join(sorted(u.split("-")[0] for u in utts))
+
+
+def swap_metrics(est: torch.Tensor, ref: torch.Tensor, mix_si_sdr: float, window: int) -> dict[str, float]:
+    """Speaker swaps of (C, T) estimates already in the order of the (C, T) references.
+
+    ``swapped``: the share of the windows where every source speaks that come out in another
+    order than the whole mixture's (NaN when there are none; see :func:`window_permutations`);
+    ``si_sdri_window_pit``: the SI-SDRi the estimates would get with each window in its own
+    best order, i.e. about what fixing every swap would give (``mix_si_sdr``: the mixture's
+    SI-SDR, the baseline).
+    """
+    perms, active = window_permutations(est, ref, window)
+    swapped = (perms != torch.arange(ref.shape[0])).any(-1)
+    scaled = scaled_to(est, ref)  # so that windows moved between outputs keep their reference's level
+    fixed = torch.cat([e[p] for e, p in zip(scaled.split(window, dim=-1), perms)], dim=-1)
+    return {
+        "swapped": float(swapped[active].float().mean()) if bool(active.any()) else math.nan,
+        "si_sdri_window_pit": float(si_sdr(fixed, ref).mean()) - mix_si_sdr,
+    }
 
 
 def score_example(sep: Separator, ex: SeparationExample, metrics: MetricOptions) -> dict[str, float | str]:
@@ -179,8 +213,9 @@ def score_example(sep: Separator, ex: SeparationExample, metrics: MetricOptions)
     est = reorder(est.unsqueeze(0), perm)[0]  # (C, T) in reference order
     mix_c = mix.unsqueeze(0).expand_as(ref)
     row: dict[str, float | str] = {"id": ex.id, "variant": ex.variant or "all"}
+    mix_si_sdr = float(si_sdr(mix_c, ref).mean())
     row["si_sdr"] = float(si_sdr(est, ref).mean())
-    row["si_sdri"] = row["si_sdr"] - float(si_sdr(mix_c, ref).mean())
+    row["si_sdri"] = row["si_sdr"] - mix_si_sdr
     e, r, m = est.numpy(), ref.numpy(), mix_c.numpy()
     if metrics.sdr:
         sdr = float(np.nanmean(bss_sdr(e, r)))
@@ -190,16 +225,19 @@ def score_example(sep: Separator, ex: SeparationExample, metrics: MetricOptions)
         row["pesq"] = float(np.nanmean([pesq_score(e[c], r[c], sr) for c in range(len(r))]))
     if metrics.stoi:
         row["stoi"] = float(np.mean([stoi_score(e[c], r[c], sr) for c in range(len(r))]))
+    if metrics.swaps:
+        row.update(swap_metrics(est, ref, mix_si_sdr, round(metrics.swap_window * sr)))
     return row
 
 
-def summarize(rows: list[dict[str, float | str]]) -> dict[str, dict[str, float]]:
-    """Mean of each metric per variant and over all rows ("overall"); NaNs (e.g. PESQ of silence) skipped."""
+def summarize(rows: list[dict[str, float | str]], by: str = "variant") -> dict[str, dict[str, float]]:
+    """Mean of each metric per group (the rows' ``by`` column: ``variant`` or ``pair``, in sorted
+    order) and over all rows ("overall"); NaNs (e.g. PESQ of silence) skipped."""
     groups: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        groups[str(r["variant"])].append(r)
+    for r in sorted(rows, key=lambda r: str(r[by])):
+        groups[str(r[by])].append(r)
     groups["overall"] = rows
-    keys = [k for k in rows[0] if k not in ("id", "variant")] if rows else []
+    keys = [k for k in rows[0] if k not in ("id", *GROUPS)] if rows else []
     out = {}
     for g, rs in groups.items():
         vals = {k: [float(r[k]) for r in rs if not math.isnan(float(r[k]))] for k in keys}
@@ -207,19 +245,26 @@ def summarize(rows: list[dict[str, float | str]]) -> dict[str, dict[str, float]]
     return out
 
 
-def evaluate(sep: Separator, examples, metrics: MetricOptions, output: str | os.PathLike, max_items: int | None = None) -> dict[str, dict[str, float]]:
+def evaluate(sep: Separator, examples, metrics: MetricOptions, output: str | os.PathLike, max_items: int | None = None,
+             group_by: str = "variant") -> dict[str, dict[str, float]]:  # fmt: skip
     """Score every example (an iterable of :class:`SeparationExample`), write the CSV and a summary.
 
-    ``output`` gets a row per example; ``<output stem>_summary.csv`` one row per variant
-    and "overall". Returns the summary.
+    ``output`` gets a row per example; ``<output stem>_summary.csv`` one row per group and
+    "overall": per variant, or with ``group_by="pair"`` per speaker pair (LibriMix mixture
+    ids, see :func:`speaker_pair`; the rows get a ``pair`` column). Returns the summary.
     """
+    if group_by not in GROUPS:
+        raise ValueError(f"group_by must be one of {GROUPS}, got {group_by!r}")
     rows = []
     n = len(examples) if hasattr(examples, "__len__") else None
     total = min(n, max_items) if (n is not None and max_items) else (max_items or n)
     for i, ex in enumerate(tqdm(examples, total=total, desc="evaluating", unit="mix")):
         if max_items is not None and i >= max_items:
             break
-        rows.append(score_example(sep, ex, metrics))
+        row = score_example(sep, ex, metrics)
+        if group_by == "pair":  # after the variant, before the metrics
+            row = {"id": row["id"], "variant": row["variant"], "pair": speaker_pair(ex.id)} | row
+        rows.append(row)
     if not rows:
         raise ValueError("evaluate: the test set is empty")
     out = Path(output)
@@ -228,23 +273,23 @@ def evaluate(sep: Separator, examples, metrics: MetricOptions, output: str | os.
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    summary = summarize(rows)
+    summary = summarize(rows, group_by)
     with open(out.with_name(out.stem + "_summary.csv"), "w", newline="") as f:
         keys = list(next(iter(summary.values())))
         w = csv.writer(f)
-        w.writerow(["variant", *keys])
+        w.writerow([group_by, *keys])
         for g, vals in summary.items():
             w.writerow([g, *(f"{vals[k]:.4f}" for k in keys)])
     return summary
 
 
-def print_summary(summary: dict[str, dict[str, float]], title: str = "separation") -> None:
+def print_summary(summary: dict[str, dict[str, float]], title: str = "separation", group_by: str = "variant") -> None:
     from rich.console import Console
     from rich.table import Table
 
     keys = list(next(iter(summary.values())))
     table = Table(title=title)
-    table.add_column("variant")
+    table.add_column(group_by)
     for k in keys:
         table.add_column(k, justify="right")
     for g, vals in summary.items():
@@ -271,9 +316,13 @@ def run_evaluate(cfg) -> dict[str, dict[str, float]]:
         raise ValueError(f"{cfg.checkpoint}: the checkpoint stores no data config; give data.kind=polsess|librimix and data.root=DIR")
     ds = build_dataset(data, cfg.get("split", "test"), variant=cfg.get("variant"))
     m = cfg.get("metrics") or {}
-    metrics = MetricOptions(sdr=bool(m.get("sdr", True)), pesq=bool(m.get("pesq", True)), stoi=bool(m.get("stoi", True)))
-    summary = evaluate(sep, ds, metrics, cfg.output, cfg.get("max_items"))
-    print_summary(summary, title=f"{sep.name}: {cfg.checkpoint}")
+    metrics = MetricOptions(sdr=bool(m.get("sdr", True)), pesq=bool(m.get("pesq", True)), stoi=bool(m.get("stoi", True)),
+                            swaps=bool(m.get("swaps", False)), swap_window=float(m.get("swap_window", 0.5)))  # fmt: skip
+    if metrics.swap_window <= 0:
+        raise ValueError(f"metrics.swap_window must be positive (seconds), got {metrics.swap_window}")
+    group_by = cfg.get("group_by") or "variant"
+    summary = evaluate(sep, ds, metrics, cfg.output, cfg.get("max_items"), group_by)
+    print_summary(summary, title=f"{sep.name}: {cfg.checkpoint}", group_by=group_by)
     print(f"per-mixture rows: {cfg.output}; summary: {Path(cfg.output).with_name(Path(cfg.output).stem + '_summary.csv')}")
     return summary
 

@@ -84,3 +84,41 @@ def pit(estimates: Tensor, references: Tensor, metric: Metric = "si_sdr", length
 def reorder(estimates: Tensor, perm: Tensor) -> Tensor:
     """Estimates (B, C, T) put in reference order: out[b, c] = estimates[b, perm[b, c]]."""
     return estimates.gather(1, perm.unsqueeze(-1).expand(-1, -1, estimates.shape[-1]))
+
+
+
+def window_permutations(estimates: Tensor, references: Tensor, window: int, active_db: float = 20.0) -> tuple[Tensor, Tensor]:
+    """Where a model swaps its sources within one recording: the best order of each window.
+
+    Utterance-level PIT picks one order for a whole recording; a model that loses track of
+    who is who keeps it only for stretches. The (C, T) ``estimates``, already in
+    ``references`` order, are each scaled to their reference (least squares over the whole
+    recording, as the SI-SDR of the recording sees them) and cut into windows of ``window``
+    samples (the last one shorter); in each window the order with the least squared error
+    wins (exhaustive for C <= 3, else the Hungarian algorithm).
+
+    Returns:
+        perm: (W, C) long, the best order of each window (``perm[w, c]``: the estimate that
+            goes with reference ``c`` there); rows other than ``0..C-1`` are swaps.
+        active: (W,) bool, windows where every reference speaks: its energy there is within
+            ``active_db`` of its mean over windows. Only there does a swap mean something;
+            where a source is silent, the order is decided by leakage alone.
+    """
+    assert estimates.dim() == 2 and estimates.shape == references.shape, (estimates.shape, references.shape)
+    if window < 1:
+        raise ValueError(f"window_permutations: window must be at least 1 sample, got {window}")
+    est = scaled_to(estimates.float(), references.float())
+    perms, energies = [], []
+    for e, r in zip(est.split(window, dim=-1), references.float().split(window, dim=-1)):
+        error = (e.unsqueeze(1) - r.unsqueeze(0)).pow(2).sum(-1)  # (C_est, C_ref)
+        perms.append(best_permutation(-error.unsqueeze(0))[0])
+        energies.append(r.pow(2).mean(-1))  # (C,)
+    energy = torch.stack(energies)  # (W, C)
+    floor = energy.mean(0) * 10 ** (-active_db / 10)
+    return torch.stack(perms), (energy > floor).all(-1)
+
+
+def scaled_to(estimates: Tensor, references: Tensor, eps: float = 1e-8) -> Tensor:
+    """(C, T) estimates each times the gain that brings it closest to its reference (least squares)."""
+    gain = (estimates * references).sum(-1, keepdim=True) / (estimates.pow(2).sum(-1, keepdim=True) + eps)
+    return estimates * gain
