@@ -172,6 +172,10 @@ class MetricOptions:
     swaps: bool = False  # where the model swaps its sources within a mixture (see swap_metrics)
     swap_window: float = 0.5  # seconds
 
+    def __post_init__(self) -> None:
+        if self.swap_window <= 0:
+            raise ValueError(f"metrics.swap_window must be positive (seconds), got {self.swap_window}")
+
 
 GROUPS = ("variant", "pair")
 
@@ -318,8 +322,6 @@ def run_evaluate(cfg) -> dict[str, dict[str, float]]:
     m = cfg.get("metrics") or {}
     metrics = MetricOptions(sdr=bool(m.get("sdr", True)), pesq=bool(m.get("pesq", True)), stoi=bool(m.get("stoi", True)),
                             swaps=bool(m.get("swaps", False)), swap_window=float(m.get("swap_window", 0.5)))  # fmt: skip
-    if metrics.swap_window <= 0:
-        raise ValueError(f"metrics.swap_window must be positive (seconds), got {metrics.swap_window}")
     group_by = cfg.get("group_by") or "variant"
     summary = evaluate(sep, ds, metrics, cfg.output, cfg.get("max_items"), group_by)
     print_summary(summary, title=f"{sep.name}: {cfg.checkpoint}", group_by=group_by)

@@ -86,7 +86,6 @@ def reorder(estimates: Tensor, perm: Tensor) -> Tensor:
     return estimates.gather(1, perm.unsqueeze(-1).expand(-1, -1, estimates.shape[-1]))
 
 
-
 def window_permutations(estimates: Tensor, references: Tensor, window: int, active_db: float = 20.0) -> tuple[Tensor, Tensor]:
     """Where a model swaps its sources within one recording: the best order of each window.
 
